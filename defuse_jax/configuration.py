@@ -1,0 +1,131 @@
+"""Config validation and stage fingerprints.
+
+`validate_config` runs before any data is loaded or any model is trained, so a bad value
+fails in a second with one message that names the field, the value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import ml_collections
+
+from defuse_jax.identify import NOISE_TYPES
+from defuse_jax.vae import LIKELIHOODS
+
+
+class InputError(ValueError):
+    """Invalid user input: a config value, a dataset name or path, or dataset contents."""
+
+
+COVARIANCE_TYPES = ("diag", "full")
+SEARCH_SPLITS = ("train", "test")
+
+
+def _check_range(
+    config: ml_collections.ConfigDict, field: str, low: float | None, high: float | None,
+    *, integer: bool = False, low_open: bool = False,
+) -> None:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InputError(f"config.{field} must be an integer, got {value!r}.")
+    if not integer and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise InputError(f"config.{field} must be a number, got {value!r}.")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        allowed = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise InputError(
+            f"config.{field}={value!r} is out of range; allowed range is {allowed}. "
+            f"Set --config.{field} to a value in that range."
+        )
+
+
+def _check_choice(config: ml_collections.ConfigDict, field: str, choices: tuple[str, ...]) -> None:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    if value not in choices:
+        raise InputError(
+            f"config.{field}={value!r} is not supported; use one of {', '.join(choices)}."
+        )
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raise InputError on the first config value that is missing or out of range."""
+    required = ("seed", "dataset", "classifier", "vae", "identify", "distill", "regions",
+                "annotate", "correct", "report")
+    missing = [name for name in required if name not in config]
+    if missing:
+        raise InputError(
+            f"config is missing the fields {missing}; start from experiments/configs/mnist5k.py."
+        )
+    _check_range(config, "seed", 0, None, integer=True)
+    for model in ("classifier", "vae"):
+        _check_range(config, f"{model}.num_epochs", 0, None, low_open=True)
+        _check_range(config, f"{model}.batch_size", 1, None, integer=True)
+        _check_range(config, f"{model}.learning_rate", 0, None, low_open=True)
+    _check_range(config, "classifier.weight_decay", 0, None)
+    _check_range(config, "classifier.hidden_dim", 1, None, integer=True)
+    features = config.classifier.features
+    if not features or any(isinstance(f, bool) or not isinstance(f, int) or f < 1
+                           for f in features):
+        raise InputError(
+            f"config.classifier.features={features!r} is invalid; use a non-empty tuple of "
+            "positive integers such as (16, 32)."
+        )
+    _check_range(config, "vae.latent_dim", 1, None, integer=True)
+    _check_range(config, "vae.beta", 0, None)
+    _check_choice(config, "vae.likelihood", LIKELIHOODS)
+    _check_range(config, "vae.gaussian_scale", 0, None, low_open=True)
+
+    _check_choice(config, "identify.split", SEARCH_SPLITS)
+    _check_range(config, "identify.num_perturbations", 1, None, integer=True)
+    _check_range(config, "identify.max_flips_per_image", 1, None, integer=True)
+    if not isinstance(config.identify.require_correct_reconstruction, bool):
+        raise InputError(
+            "config.identify.require_correct_reconstruction="
+            f"{config.identify.require_correct_reconstruction!r} must be True or False."
+        )
+    _check_choice(config, "identify.noise", NOISE_TYPES)
+    _check_range(config, "identify.noise_scale", 0, None, low_open=True)
+    _check_range(config, "identify.beta_a", 0, None, low_open=True)
+    _check_range(config, "identify.batch_size", 1, None, integer=True)
+    _check_range(config, "identify.max_source_images", 0, None, integer=True)
+
+    _check_range(config, "distill.truncation", 1, None, integer=True)
+    _check_range(config, "distill.alpha", 0, None, low_open=True)
+    _check_choice(config, "distill.covariance_type", COVARIANCE_TYPES)
+    _check_range(config, "distill.num_steps", 1, None, integer=True)
+    _check_range(config, "distill.learning_rate", 0, None, low_open=True)
+    _check_range(config, "distill.min_weight", 0, 1)
+    _check_range(config, "distill.min_region_size", 1, None, integer=True)
+
+    _check_range(config, "regions.tau", 0, None, low_open=True)
+    _check_range(config, "regions.num_samples", 1, None, integer=True)
+
+    _check_range(config, "correct.lam", 0, 1)
+    _check_range(config, "correct.num_steps", 1, None, integer=True)
+    _check_range(config, "correct.batch_size", 1, None, integer=True)
+    _check_range(config, "correct.extra_batch_size", 1, None, integer=True)
+    _check_range(config, "correct.learning_rate", 0, None, low_open=True)
+    _check_range(config, "correct.num_test_samples", 1, None, integer=True)
+
+    _check_range(config, "report.samples_per_region", 1, None, integer=True)
+    _check_range(config, "report.num_flip_examples", 1, None, integer=True)
+
+
+def fingerprint(*parts: Any) -> str:
+    """Return a short stable hash of JSON-serialisable parts (config sections, hashes)."""
+    def to_plain(value):
+        if isinstance(value, ml_collections.ConfigDict):
+            return value.to_dict()
+        return value
+
+    text = json.dumps([to_plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

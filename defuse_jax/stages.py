@@ -1,0 +1,303 @@
+"""Pipeline stages after identification: distillation, regions, annotation, correction, report.
+
+Each stage caches its outputs in the workdir under a fingerprint that chains the
+fingerprints of the stages before it, so changing one config section recomputes that
+stage and everything after it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from defuse_jax import annotate, classifier, correct, distill, report
+from defuse_jax import regions as regions_lib
+from defuse_jax import workdir as workdir_lib
+from defuse_jax.configuration import fingerprint
+from defuse_jax.identify import Flips
+
+if TYPE_CHECKING:
+    from defuse_jax.pipeline import _Run
+
+
+def distill_correct_report(
+    run: _Run,
+    outputs: dict[str, Any],
+    flips: Flips,
+    classifier_params: Any,
+    generator_params: Any,
+    search_fingerprint: str,
+) -> dict[str, Any]:
+    """Run the stages after identification and write report.json; return the report."""
+    config, dataset = run.config, run.dataset
+    outputs["notes"] = []
+    if flips.size < 2:
+        message = (
+            f"Identification found {flips.size} flips, fewer than the 2 needed to fit a "
+            "mixture; no regions and no correction. Raise identify.noise_scale or "
+            "identify.num_perturbations to search further."
+        )
+        logging.warning(message)
+        outputs["notes"].append(message)
+        return _write_report(run, outputs, flips, None, None, generator_params, classifier_params)
+
+    # Distillation: a Dirichlet-process Gaussian mixture over the flips' codes.
+    with run.stage("distill"):
+        distill_fingerprint = fingerprint(search_fingerprint, config.distill)
+        mixture_arrays = workdir_lib.cached_arrays(
+            run.workdir, "mixture", distill_fingerprint,
+            lambda: _fit_mixture(run, flips),
+        )
+        outputs["distill"] = {
+            "num_codes": flips.size,
+            "truncation": config.distill.truncation,
+            "final_elbo": float(mixture_arrays["elbo_trace"][-1]),
+            "weights": mixture_arrays["weights"],
+            "num_regions": int(len(mixture_arrays["selected"])),
+        }
+
+    # Regions: statistics of the kept components from fresh samples.
+    with run.stage("regions"):
+        regions_fingerprint = fingerprint(distill_fingerprint, config.regions)
+        regions = regions_lib.Regions(**workdir_lib.cached_arrays(
+            run.workdir, "regions", regions_fingerprint,
+            lambda: _build_regions(run, mixture_arrays, flips, generator_params,
+                                   classifier_params)._asdict(),
+        ))
+    if regions.size == 0:
+        message = (
+            f"No mixture component reached distill.min_weight={config.distill.min_weight} "
+            f"and distill.min_region_size={config.distill.min_region_size}; no correction."
+        )
+        logging.warning(message)
+        outputs["notes"].append(message)
+        return _write_report(run, outputs, flips, mixture_arrays, regions, generator_params,
+                             classifier_params)
+
+    # Annotation: one label per region, or a rejection.
+    with run.stage("annotate"):
+        annotator = annotate.get_annotator(config.annotate.annotator)
+        annotation = annotator(regions, flips, mixture_arrays["assignments"])
+        outputs["annotation"] = {
+            "annotator": annotation.source,
+            "labels": annotation.label,
+            "accepted": int(annotation.accepted.sum()),
+            "rejected": int((~annotation.accepted).sum()),
+        }
+
+    # Correction: lambda-mixed fine-tuning from the audited params, and the baseline.
+    if annotation.accepted.any():
+        with run.stage("correct"):
+            correct_fingerprint = fingerprint(
+                regions_fingerprint, config.annotate, annotation.label.tolist(), config.correct
+            )
+            outputs["correction"] = _correct(
+                run, regions, annotation, flips, classifier_params, generator_params,
+                correct_fingerprint,
+            )
+    else:
+        message = "The annotator rejected every region; no correction."
+        logging.warning(message)
+        outputs["notes"].append(message)
+    return _write_report(run, outputs, flips, mixture_arrays, regions, generator_params,
+                         classifier_params, annotation)
+
+
+def _fit_mixture(run: _Run, flips: Flips) -> dict[str, np.ndarray]:
+    config = run.config.distill
+    codes = jnp.asarray(flips.codes)
+    mixture = distill.fit_mixture(
+        codes, run.keys["distill"], truncation=config.truncation, alpha=config.alpha,
+        covariance_type=config.covariance_type, num_steps=config.num_steps,
+        learning_rate=config.learning_rate,
+    )
+    assignments = distill.assign(mixture, codes)
+    selected = distill.select_regions(
+        mixture, assignments, min_weight=config.min_weight, min_size=config.min_region_size
+    )
+    arrays = {k: np.asarray(v) for k, v in mixture._asdict().items()}
+    arrays["assignments"] = np.asarray(assignments, np.int32)
+    arrays["selected"] = np.asarray(selected, np.int32)
+    return arrays
+
+
+def _build_regions(run: _Run, mixture: dict[str, np.ndarray], flips: Flips,
+                   generator_params: Any, classifier_params: Any) -> regions_lib.Regions:
+    return regions_lib.build_regions(
+        run.keys["region_stats"],
+        weights=mixture["weights"], means=mixture["means"],
+        covariances=mixture["covariances"], selected=mixture["selected"],
+        assignments=mixture["assignments"], flips=flips,
+        num_classes=run.dataset.num_classes, generator=run.generator,
+        generator_params=generator_params, apply_fn=run.apply_fn,
+        classifier_params=classifier_params, tau=run.config.regions.tau,
+        num_samples=run.config.regions.num_samples,
+    )
+
+
+def _region_test_set(run: _Run, regions: regions_lib.Regions, annotation: annotate.Annotation,
+                     generator_params: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out decoded samples of the accepted regions: images, labels, region rows."""
+    accepted = np.nonzero(annotation.accepted)[0]
+    count = run.config.correct.num_test_samples
+    codes = regions_lib.sample_codes(
+        run.keys["region_test"], jnp.asarray(regions.mean[accepted]),
+        jnp.asarray(regions.covariance[accepted]), tau=run.config.regions.tau,
+        num_samples=count,
+    )
+    images = regions_lib.decode_codes(
+        run.generator, generator_params, np.asarray(codes).reshape(-1, regions.mean.shape[1])
+    )
+    labels = np.repeat(annotation.label[accepted], count).astype(np.int32)
+    rows = np.repeat(accepted, count).astype(np.int32)
+    return images, labels, rows
+
+
+def _evaluate(run: _Run, params: Any, region_images: np.ndarray, region_labels: np.ndarray,
+              region_rows: np.ndarray) -> dict[str, Any]:
+    predicted = classifier.predict(run.apply_fn, params, region_images)
+    per_region = {
+        int(r): float(np.mean(predicted[region_rows == r] == region_labels[region_rows == r]))
+        for r in np.unique(region_rows)
+    }
+    return {
+        "test_accuracy": classifier.accuracy(run.apply_fn, params, run.dataset.test_images,
+                                             run.dataset.test_labels),
+        "region_test_accuracy": float(np.mean(predicted == region_labels)),
+        "region_test_accuracy_per_region": per_region,
+    }
+
+
+def _correct(run: _Run, regions: regions_lib.Regions, annotation: annotate.Annotation,
+             flips: Flips, classifier_params: Any, generator_params: Any,
+             stage_fingerprint: str) -> dict[str, Any]:
+    config, dataset = run.config.correct, run.dataset
+    region_images, region_labels, region_rows = _region_test_set(
+        run, regions, annotation, generator_params
+    )
+    accepted = np.nonzero(annotation.accepted)[0]
+    common = dict(
+        key=None, lam=config.lam, num_steps=config.num_steps, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, writer=run.writer,
+    )
+
+    def fine_tune_defuse():
+        data = correct.RegionSamplerData(
+            generator_params=generator_params,
+            means=jnp.asarray(regions.mean[accepted]),
+            cholesky=correct.region_cholesky(regions.covariance[accepted], run.config.regions.tau),
+            labels=jnp.asarray(annotation.label[accepted]),
+        )
+        return correct.fine_tune(
+            run.apply_fn, classifier_params, dataset.train_images, dataset.train_labels,
+            sampler=correct.make_region_sampler(run.generator, config.extra_batch_size),
+            extra_data=data, name="correct_defuse", **{**common, "key": run.keys["correct"]},
+        )
+
+    def fine_tune_baseline():
+        flip_images = regions_lib.decode_codes(run.generator, generator_params, flips.codes)
+        return correct.fine_tune(
+            run.apply_fn, classifier_params, dataset.train_images, dataset.train_labels,
+            sampler=correct.make_pool_sampler(config.extra_batch_size),
+            extra_data=(jnp.asarray(flip_images), jnp.asarray(flips.source_label)),
+            name="correct_baseline", **{**common, "key": run.keys["baseline"]},
+        )
+
+    defuse_params = workdir_lib.cached_params(
+        run.workdir, "corrected", stage_fingerprint, classifier_params, fine_tune_defuse
+    )
+    baseline_params = workdir_lib.cached_params(
+        run.workdir, "baseline", stage_fingerprint, classifier_params, fine_tune_baseline
+    )
+    result = {
+        "lam": config.lam,
+        "num_steps": config.num_steps,
+        "region_test_size": int(len(region_labels)),
+        "before": _evaluate(run, classifier_params, region_images, region_labels, region_rows),
+        "defuse": _evaluate(run, defuse_params, region_images, region_labels, region_rows),
+        "finetune_on_flips_baseline": _evaluate(
+            run, baseline_params, region_images, region_labels, region_rows
+        ),
+    }
+    for name in ("before", "defuse", "finetune_on_flips_baseline"):
+        logging.info(
+            "Correction %s: test accuracy %.4f, region test accuracy %.4f.",
+            name, result[name]["test_accuracy"], result[name]["region_test_accuracy"],
+        )
+    return result
+
+
+def _write_report(run: _Run, outputs: dict[str, Any], flips: Flips,
+                  mixture: dict[str, np.ndarray] | None, regions: regions_lib.Regions | None,
+                  generator_params: Any, classifier_params: Any,
+                  annotation: annotate.Annotation | None = None) -> dict[str, Any]:
+    with run.stage("report"):
+        names = run.dataset.class_names
+        config = run.config.report
+        if flips.size:
+            rng = np.random.default_rng(run.config.seed)
+            rows = np.sort(rng.choice(flips.size, min(config.num_flip_examples, flips.size),
+                                      replace=False))
+            images = regions_lib.decode_codes(run.generator, generator_params, flips.codes[rows])
+            report.save_image_grid(
+                os.path.join(run.workdir, "flips.png"), images,
+                [f"{names[s]}→{names[p]}" for s, p in
+                 zip(flips.source_label[rows], flips.predicted_label[rows])],
+                title="Random flips: source label → classifier prediction",
+            )
+        region_records = []
+        if regions is not None and regions.size:
+            codes = regions_lib.sample_codes(
+                run.keys["report"], jnp.asarray(regions.mean), jnp.asarray(regions.covariance),
+                tau=run.config.regions.tau, num_samples=config.samples_per_region,
+            )
+            per_region = config.samples_per_region
+            all_images, all_predicted = regions_lib.decode_and_classify(
+                run.generator, generator_params, run.apply_fn, classifier_params,
+                np.asarray(codes).reshape(-1, regions.mean.shape[1]),
+            )
+            for r in range(regions.size):
+                images = all_images[r * per_region : (r + 1) * per_region]
+                predicted = all_predicted[r * per_region : (r + 1) * per_region]
+                target = regions.source_label[r]
+                label = None if annotation is None else int(annotation.label[r])
+                path = os.path.join("regions", f"region_{r:02d}.png")
+                report.save_image_grid(
+                    os.path.join(run.workdir, path), images,
+                    [f"pred {names[p]}" for p in predicted],
+                    title_colors=["red" if p != target else "black" for p in predicted],
+                    title=(f"Region {r}: {names[target]} → {names[regions.predicted_label[r]]}, "
+                           f"weight {regions.weight[r]:.3f}, {regions.member_count[r]} flips, "
+                           f"sample error {regions.sample_error_rate[r]:.2f}"),
+                )
+                region_records.append({
+                    "region": r,
+                    "component": int(regions.component[r]),
+                    "weight": float(regions.weight[r]),
+                    "member_count": int(regions.member_count[r]),
+                    "source_label": int(target),
+                    "source_purity": float(regions.source_purity[r]),
+                    "predicted_label": int(regions.predicted_label[r]),
+                    "predicted_purity": float(regions.predicted_purity[r]),
+                    "sample_error_rate": float(regions.sample_error_rate[r]),
+                    "annotated_label": label,
+                    "grid": path,
+                })
+        outputs["regions"] = region_records
+        outputs["config"] = run.config.to_dict()
+        outputs["seed"] = run.config.seed
+        outputs["dataset"] = {
+            "name": run.dataset.name, "num_train": len(run.dataset.train_images),
+            "num_test": len(run.dataset.test_images), "num_classes": run.dataset.num_classes,
+            "image_shape": list(run.dataset.image_shape),
+        }
+    outputs["stage_seconds"] = dict(run.durations)
+    outputs["package_versions"] = workdir_lib.package_versions()
+    report.write_json(os.path.join(run.workdir, "report.json"), outputs)
+    logging.info("Wrote %s.", os.path.join(run.workdir, "report.json"))
+    return outputs

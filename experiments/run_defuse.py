@@ -1,0 +1,39 @@
+"""Run Defuse end to end: train, identify, distil, correct, and write the report.
+
+    python -m experiments.run_defuse --workdir=/tmp/defuse_mnist
+    python -m experiments.run_defuse --workdir=/tmp/defuse_test \
+        --config=experiments/configs/mnist5k.py:test --config.correct.lam=0.3
+"""
+
+import os
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from defuse_jax import pipeline
+from defuse_jax.configuration import InputError
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "mnist5k.py")
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, arrays and the report.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Experiment config file; append :test for the CPU test variant.",
+    lock_config=True,
+)
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.info("JAX backend %s with devices %s.", jax.default_backend(), jax.devices())
+    try:
+        pipeline.run(_CONFIG.value, _WORKDIR.value)
+    except InputError as error:
+        # One line on stderr and exit status 1, before any training has started.
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)

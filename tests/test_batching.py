@@ -1,0 +1,61 @@
+"""Tests of fixed-shape batching and the shared training loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from defuse_jax import batching, training
+
+
+def test_padded_batches_cover_rows_once():
+    batches = list(batching.padded_index_batches(10, 4))
+    assert [len(indices) for indices, _ in batches] == [4, 4, 4]
+    covered = np.concatenate([indices[mask] for indices, mask in batches])
+    np.testing.assert_array_equal(covered, np.arange(10))
+    np.testing.assert_array_equal(batches[-1][1], [True, True, False, False])
+
+
+def test_padded_batches_reject_zero_batch_size():
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        list(batching.padded_index_batches(3, 0))
+
+
+def test_map_batched_drops_padding_rows():
+    values = np.arange(7, dtype=np.float32)
+    result = batching.map_batched(jax.jit(lambda x: {"double": 2 * x}), (values,), 3)
+    np.testing.assert_array_equal(result["double"], 2 * values)
+
+
+def test_epoch_permutation_depends_on_epoch_only():
+    key = jax.random.key(0)
+    first = batching.epoch_permutation(key, 3, 20)
+    np.testing.assert_array_equal(first, batching.epoch_permutation(key, 3, 20))
+    assert not np.array_equal(first, batching.epoch_permutation(key, 4, 20))
+    np.testing.assert_array_equal(np.sort(first), np.arange(20))
+
+
+def test_train_loop_stops_on_nonfinite_loss():
+    def step(state, batch, key):
+        return state, {"loss": jnp.where(state >= 0, jnp.nan, 0.0)}
+
+    with pytest.raises(FloatingPointError, match="at step 2"):
+        training.train_loop(
+            jnp.float32(1.0), step, (np.zeros(8),), key=jax.random.key(0), num_steps=5,
+            batch_size=4, name="nan_test", log_every=2,
+        )
+
+
+def test_train_loop_rejects_batch_larger_than_data():
+    with pytest.raises(ValueError, match="fewer than the batch size 16"):
+        training.train_loop(
+            None, None, (np.zeros(8),), key=jax.random.key(0), num_steps=1, batch_size=16,
+            name="small",
+        )
+
+
+def test_params_checkpoint_round_trip(tmp_path):
+    params = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.ones(3)}}
+    training.save_params(str(tmp_path / "params"), params)
+    restored = training.restore_params(str(tmp_path / "params"), params)
+    jax.tree.map(np.testing.assert_array_equal, restored, params)
