@@ -42,7 +42,9 @@ def majority_source_annotator(
 ) -> Annotation:
     """Label each region with the majority source label of its members."""
     del flips, assignments  # The majority is already a region statistic.
-    return Annotation(label=regions.source_label.astype(np.int32), source="majority_source")
+    return Annotation(
+        label=regions.source_label.astype(np.int32), source="majority_source"
+    )
 
 
 ANNOTATORS: dict[str, Annotator] = {"majority_source": majority_source_annotator}

@@ -40,7 +40,9 @@ def padded_index_batches(
 
 def epoch_permutation(key: jax.Array, epoch: int, num_examples: int) -> np.ndarray:
     """Return the shuffled order of one epoch, derived from `fold_in(key, epoch)`."""
-    return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), num_examples))
+    return np.asarray(
+        jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    )
 
 
 def map_batched(

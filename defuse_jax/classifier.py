@@ -67,11 +67,14 @@ def create_state(
     """
     params = model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
     schedule = (
-        learning_rate if decay_steps is None
+        learning_rate
+        if decay_steps is None
         else optax.cosine_decay_schedule(learning_rate, decay_steps)
     )
     return train_state.TrainState.create(
-        apply_fn=apply_fn, params=params, tx=optax.adamw(schedule, weight_decay=weight_decay)
+        apply_fn=apply_fn,
+        params=params,
+        tx=optax.adamw(schedule, weight_decay=weight_decay),
     )
 
 
@@ -122,4 +125,6 @@ def accuracy(
     """Return the fraction of `images` whose predicted label equals `labels`."""
     if len(images) == 0:
         return float("nan")
-    return float(np.mean(predict(apply_fn, params, images, batch_size=batch_size) == labels))
+    return float(
+        np.mean(predict(apply_fn, params, images, batch_size=batch_size) == labels)
+    )

@@ -25,8 +25,13 @@ SEARCH_SPLITS = ("train", "test")
 
 
 def _check_range(
-    config: ml_collections.ConfigDict, field: str, low: float | None, high: float | None,
-    *, integer: bool = False, low_open: bool = False,
+    config: ml_collections.ConfigDict,
+    field: str,
+    low: float | None,
+    high: float | None,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
 ) -> None:
     value = config
     for part in field.split("."):
@@ -46,7 +51,9 @@ def _check_range(
         )
 
 
-def _check_choice(config: ml_collections.ConfigDict, field: str, choices: tuple[str, ...]) -> None:
+def _check_choice(
+    config: ml_collections.ConfigDict, field: str, choices: tuple[str, ...]
+) -> None:
     value = config
     for part in field.split("."):
         value = value[part]
@@ -58,8 +65,18 @@ def _check_choice(config: ml_collections.ConfigDict, field: str, choices: tuple[
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raise InputError on the first config value that is missing or out of range."""
-    required = ("seed", "dataset", "classifier", "vae", "identify", "distill", "regions",
-                "annotate", "correct", "report")
+    required = (
+        "seed",
+        "dataset",
+        "classifier",
+        "vae",
+        "identify",
+        "distill",
+        "regions",
+        "annotate",
+        "correct",
+        "report",
+    )
     missing = [name for name in required if name not in config]
     if missing:
         raise InputError(
@@ -73,8 +90,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_range(config, "classifier.weight_decay", 0, None)
     _check_range(config, "classifier.hidden_dim", 1, None, integer=True)
     features = config.classifier.features
-    if not features or any(isinstance(f, bool) or not isinstance(f, int) or f < 1
-                           for f in features):
+    if not features or any(
+        isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features
+    ):
         raise InputError(
             f"config.classifier.features={features!r} is invalid; use a non-empty tuple of "
             "positive integers such as (16, 32)."
@@ -122,6 +140,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def fingerprint(*parts: Any) -> str:
     """Return a short stable hash of JSON-serialisable parts (config sections, hashes)."""
+
     def to_plain(value):
         if isinstance(value, ml_collections.ConfigDict):
             return value.to_dict()

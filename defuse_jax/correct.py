@@ -66,7 +66,9 @@ class RegionSamplerData(NamedTuple):
 def region_cholesky(covariances: np.ndarray, tau: float) -> jax.Array:
     """Cholesky factors [R, L, L] of tau * covariance, with a small jitter."""
     latent_dim = covariances.shape[-1]
-    return jnp.linalg.cholesky(tau * jnp.asarray(covariances) + 1e-6 * jnp.eye(latent_dim))
+    return jnp.linalg.cholesky(
+        tau * jnp.asarray(covariances) + 1e-6 * jnp.eye(latent_dim)
+    )
 
 
 def make_region_sampler(generator: Generator, batch_size: int) -> ExtraSampler:
@@ -76,7 +78,9 @@ def make_region_sampler(generator: Generator, batch_size: int) -> ExtraSampler:
         region_key, normal_key = jax.random.split(key)
         region = jax.random.randint(region_key, (batch_size,), 0, data.means.shape[0])
         normal = jax.random.normal(normal_key, (batch_size, data.means.shape[1]))
-        codes = data.means[region] + jnp.einsum("bij,bj->bi", data.cholesky[region], normal)
+        codes = data.means[region] + jnp.einsum(
+            "bij,bj->bi", data.cholesky[region], normal
+        )
         return generator.decode(data.generator_params, codes), data.labels[region]
 
     return sample
@@ -85,7 +89,9 @@ def make_region_sampler(generator: Generator, batch_size: int) -> ExtraSampler:
 def make_pool_sampler(batch_size: int) -> ExtraSampler:
     """Return a sampler that draws a batch uniformly from fixed (images, labels) arrays."""
 
-    def sample(data: tuple[jax.Array, jax.Array], key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def sample(
+        data: tuple[jax.Array, jax.Array], key: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         images, labels = data
         rows = jax.random.randint(key, (batch_size,), 0, images.shape[0])
         return images[rows], labels[rows]
@@ -144,12 +150,13 @@ def fine_tune(
         lam: Weight of the extra batch, in [0, 1].
         num_steps: Optimiser steps.
         batch_size: Original examples per step.
-        learning_rate: Adam learning rate.
+        learning_rate: Initial Adam learning rate; it follows a cosine decay to 0.
         name: Name for logs and metrics.
         writer: Metric writer.
     """
+    schedule = optax.cosine_decay_schedule(learning_rate, num_steps)
     state = train_state.TrainState.create(
-        apply_fn=apply_fn, params=classifier_params, tx=optax.adam(learning_rate)
+        apply_fn=apply_fn, params=classifier_params, tx=optax.adam(schedule)
     )
     step = jax.jit(functools.partial(_fine_tune_step, sampler=sampler, lam=lam))
     state = training.train_loop(

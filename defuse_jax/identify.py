@@ -53,7 +53,10 @@ def empty_flips(latent_dim: int) -> Flips:
     """Return a Flips record with no rows."""
     integers = np.zeros(0, np.int32)
     return Flips(
-        np.zeros((0, latent_dim), np.float32), integers, integers, integers,
+        np.zeros((0, latent_dim), np.float32),
+        integers,
+        integers,
+        integers,
         np.zeros(0, np.float32),
     )
 
@@ -73,7 +76,9 @@ class NoiseConfig(NamedTuple):
     beta_a: float = 2.0
 
 
-def sample_noise(key: jax.Array, shape: tuple[int, ...], noise: NoiseConfig) -> jax.Array:
+def sample_noise(
+    key: jax.Array, shape: tuple[int, ...], noise: NoiseConfig
+) -> jax.Array:
     """Draw zero-mean latent noise of the given shape and per-dimension std `noise.scale`."""
     if noise.kind == "gaussian":
         return noise.scale * jax.random.normal(key, shape)
@@ -94,7 +99,11 @@ class BatchFlips(NamedTuple):
 
 
 def encode_means(
-    generator: Generator, generator_params: Any, images: np.ndarray, *, batch_size: int = 512
+    generator: Generator,
+    generator_params: Any,
+    images: np.ndarray,
+    *,
+    batch_size: int = 512,
 ) -> np.ndarray:
     """Encode images [N, H, W, C] to their posterior means [N, L] in fixed-shape batches."""
     return batching.map_batched(
@@ -105,7 +114,9 @@ def encode_means(
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode_mean_batch(encode: Any, generator_params: Any, images: jax.Array) -> jax.Array:
+def _encode_mean_batch(
+    encode: Any, generator_params: Any, images: jax.Array
+) -> jax.Array:
     return encode(generator_params, images)[0]
 
 
@@ -243,7 +254,11 @@ def identify(
     )
     logging.info(
         "identify: searching %d images x %d perturbations (batch %d, noise %s scale %.3g).",
-        num_images, num_perturbations, batch_size, noise.kind, noise.scale,
+        num_images,
+        num_perturbations,
+        batch_size,
+        noise.kind,
+        noise.scale,
     )
     parts: list[tuple[np.ndarray, ...]] = []
     start = last_log = time.perf_counter()
@@ -275,18 +290,27 @@ def identify(
             rate = done / (now - start)
             logging.info(
                 "identify: %d/%d images, %.0f images/s (%.0f samples/s), %.0f s left.",
-                done, num_images, rate, rate * num_perturbations, (num_images - done) / rate,
+                done,
+                num_images,
+                rate,
+                rate * num_perturbations,
+                (num_images - done) / rate,
             )
             last_log = now
     elapsed = time.perf_counter() - start
     if not parts:
         example = jnp.zeros((1, *images.shape[1:]), jnp.float32)
-        latent_dim = jax.eval_shape(generator.encode, generator_params, example)[0].shape[1]
+        latent_dim = jax.eval_shape(generator.encode, generator_params, example)[
+            0
+        ].shape[1]
         return empty_flips(latent_dim)
     flips = Flips(*(np.concatenate(column) for column in zip(*parts)))
     logging.info(
         "identify: %d flips from %d of %d images in %.1f s (%.0f samples/s).",
-        flips.size, len(np.unique(flips.source_index)), num_images, elapsed,
+        flips.size,
+        len(np.unique(flips.source_index)),
+        num_images,
+        elapsed,
         num_images * num_perturbations / max(elapsed, 1e-9),
     )
     return flips

@@ -1,8 +1,9 @@
 """The Defuse pipeline: run(config, workdir) trains, identifies, distils, corrects, reports.
 
-This is the only module that reads and writes the workdir. Each stage stores its outputs
-with a fingerprint of the config fields it depends on and of the stages before it; a
-rerun reuses a stage whose fingerprint matches and recomputes it otherwise.
+This module and the stage functions it calls are the only code that reads and writes the
+workdir. Each stage stores its outputs with a fingerprint of the config fields it depends
+on and of the stages before it. A rerun reuses a stage whose fingerprint matches and
+recomputes it otherwise.
 
 Workdir layout:
     config.json                  the resolved config of the last run
@@ -28,33 +29,41 @@ import numpy as np
 from absl import logging
 
 from defuse_jax import (
-    annotate,
     classifier,
     configuration,
-    correct,
     data,
-    distill,
     identify,
     models,
-    regions as regions_lib,
     report,
     stages,
     training,
     vae,
+)
+from defuse_jax import (
+    regions as regions_lib,
+)
+from defuse_jax import (
     workdir as workdir_lib,
 )
 from defuse_jax.configuration import InputError, fingerprint
 
 # Fixed fold_in ids, so adding a stage never changes the keys of the others.
 _KEY_IDS = {
-    "classifier": 1, "vae": 2, "search": 3, "distill": 4, "region_stats": 5,
-    "correct": 6, "baseline": 7, "region_test": 8, "report": 9,
+    "classifier": 1,
+    "vae": 2,
+    "search": 3,
+    "distill": 4,
+    "region_stats": 5,
+    "correct": 6,
+    "baseline": 7,
+    "region_test": 8,
+    "report": 9,
 }
 
 
 @dataclasses.dataclass
 class _Run:
-    """What every stage of one run shares."""
+    """State shared by every stage of one run."""
 
     config: ml_collections.ConfigDict
     dataset: data.Dataset
@@ -89,7 +98,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
 def num_steps(model_config: ml_collections.ConfigDict, num_examples: int) -> int:
     """Optimiser steps for `model_config.num_epochs` epochs of full batches."""
     steps_per_epoch = max(num_examples // model_config.batch_size, 1)
-    return max(int(round(model_config.num_epochs * steps_per_epoch)), 1)
+    return max(round(model_config.num_epochs * steps_per_epoch), 1)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -113,7 +122,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     report.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     root_key = jax.random.key(config.seed)
     cnn = models.CNN(
-        dataset.num_classes, tuple(config.classifier.features), config.classifier.hidden_dim
+        dataset.num_classes,
+        tuple(config.classifier.features),
+        config.classifier.hidden_dim,
     )
     vae_model = models.VAE(dataset.image_shape, config.vae.latent_dim)
     state = _Run(
@@ -127,8 +138,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     logging.info(
         "Dataset %s: %d train and %d test images of shape %s, %d classes.",
-        dataset.name, len(dataset.train_images), len(dataset.test_images),
-        dataset.image_shape, dataset.num_classes,
+        dataset.name,
+        len(dataset.train_images),
+        len(dataset.test_images),
+        dataset.image_shape,
+        dataset.num_classes,
     )
     try:
         return _run_stages(state, cnn, vae_model)
@@ -136,7 +150,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state.writer.close()
 
 
-def _run_stages(run_state: _Run, cnn: models.CNN, vae_model: models.VAE) -> dict[str, Any]:
+def _run_stages(
+    run_state: _Run, cnn: models.CNN, vae_model: models.VAE
+) -> dict[str, Any]:
     config, dataset = run_state.config, run_state.dataset
     data_fingerprint = fingerprint(config.dataset, config.seed)
 
@@ -145,7 +161,10 @@ def _run_stages(run_state: _Run, cnn: models.CNN, vae_model: models.VAE) -> dict
         clf_fingerprint = fingerprint(data_fingerprint, config.classifier)
         classifier_params = _train_classifier(run_state, cnn, clf_fingerprint)
         test_accuracy = classifier.accuracy(
-            run_state.apply_fn, classifier_params, dataset.test_images, dataset.test_labels
+            run_state.apply_fn,
+            classifier_params,
+            dataset.test_images,
+            dataset.test_labels,
         )
         logging.info("Classifier test accuracy %.4f.", test_accuracy)
 
@@ -156,8 +175,12 @@ def _run_stages(run_state: _Run, cnn: models.CNN, vae_model: models.VAE) -> dict
 
     # Identification: perturb codes of correctly classified images, keep the flips.
     with run_state.stage("identify"):
-        search_fingerprint = fingerprint(clf_fingerprint, vae_fingerprint, config.identify)
-        search = _identify(run_state, generator_params, classifier_params, search_fingerprint)
+        search_fingerprint = fingerprint(
+            clf_fingerprint, vae_fingerprint, config.identify
+        )
+        search = _identify(
+            run_state, generator_params, classifier_params, search_fingerprint
+        )
         flips = search.pop("flips")
 
     outputs: dict[str, Any] = {
@@ -165,24 +188,37 @@ def _run_stages(run_state: _Run, cnn: models.CNN, vae_model: models.VAE) -> dict
         "search": search,
     }
     return stages.distill_correct_report(
-        run_state, outputs, flips, classifier_params, generator_params, search_fingerprint
+        run_state,
+        outputs,
+        flips,
+        classifier_params,
+        generator_params,
+        search_fingerprint,
     )
 
 
 def _train_classifier(run_state: _Run, cnn: models.CNN, stage_fingerprint: str) -> Any:
     config, dataset = run_state.config.classifier, run_state.dataset
     state = classifier.create_state(
-        cnn, run_state.apply_fn, run_state.keys["classifier"], dataset.image_shape,
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+        cnn,
+        run_state.apply_fn,
+        run_state.keys["classifier"],
+        dataset.image_shape,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
         decay_steps=num_steps(config, len(dataset.train_images)),
     )
 
     def train():
         return training.train_loop(
-            state, classifier.train_step, (dataset.train_images, dataset.train_labels),
+            state,
+            classifier.train_step,
+            (dataset.train_images, dataset.train_labels),
             key=run_state.keys["classifier"],
             num_steps=num_steps(config, len(dataset.train_images)),
-            batch_size=config.batch_size, name="classifier", writer=run_state.writer,
+            batch_size=config.batch_size,
+            name="classifier",
+            writer=run_state.writer,
         ).params
 
     return workdir_lib.cached_params(
@@ -193,22 +229,36 @@ def _train_classifier(run_state: _Run, cnn: models.CNN, stage_fingerprint: str) 
 def _train_vae(run_state: _Run, vae_model: models.VAE, stage_fingerprint: str) -> Any:
     config, dataset = run_state.config.vae, run_state.dataset
     state = vae.create_state(
-        vae_model, run_state.keys["vae"], learning_rate=config.learning_rate,
-        likelihood=config.likelihood, gaussian_scale=config.gaussian_scale, beta=config.beta,
+        vae_model,
+        run_state.keys["vae"],
+        learning_rate=config.learning_rate,
+        likelihood=config.likelihood,
+        gaussian_scale=config.gaussian_scale,
+        beta=config.beta,
     )
 
     def train():
         return training.train_loop(
-            state, vae.train_step, (dataset.train_images,), key=run_state.keys["vae"],
+            state,
+            vae.train_step,
+            (dataset.train_images,),
+            key=run_state.keys["vae"],
             num_steps=num_steps(config, len(dataset.train_images)),
-            batch_size=config.batch_size, name="vae", writer=run_state.writer,
+            batch_size=config.batch_size,
+            name="vae",
+            writer=run_state.writer,
         ).params
 
-    return workdir_lib.cached_params(run_state.workdir, "vae", stage_fingerprint, state.params, train)
+    return workdir_lib.cached_params(
+        run_state.workdir, "vae", stage_fingerprint, state.params, train
+    )
 
 
 def _identify(
-    run_state: _Run, generator_params: Any, classifier_params: Any, stage_fingerprint: str
+    run_state: _Run,
+    generator_params: Any,
+    classifier_params: Any,
+    stage_fingerprint: str,
 ) -> dict[str, Any]:
     config, dataset = run_state.config.identify, run_state.dataset
     if config.split == "train":
@@ -221,7 +271,10 @@ def _identify(
     num_bad_reconstructions = 0
     if config.require_correct_reconstruction:
         reconstructed = regions_lib.decode_and_classify(
-            run_state.generator, generator_params, run_state.apply_fn, classifier_params,
+            run_state.generator,
+            generator_params,
+            run_state.apply_fn,
+            classifier_params,
             identify.encode_means(run_state.generator, generator_params, images),
         )[1]
         num_bad_reconstructions = int(np.sum(is_source & (reconstructed != labels)))
@@ -232,36 +285,51 @@ def _identify(
     logging.info(
         "identify: searching %d %s images: %d of %d are misclassified and %d have a "
         "misclassified VAE reconstruction, so they are skipped.",
-        len(correct_rows), config.split, num_misclassified, len(labels),
+        len(correct_rows),
+        config.split,
+        num_misclassified,
+        len(labels),
         num_bad_reconstructions,
     )
     noise = identify.NoiseConfig(config.noise, config.noise_scale, config.beta_a)
 
     def compute():
         flips = identify.identify(
-            generator_params, classifier_params, images[correct_rows], labels[correct_rows],
-            run_state.keys["search"], generator=run_state.generator,
-            apply_fn=run_state.apply_fn, num_perturbations=config.num_perturbations,
-            max_flips_per_image=config.max_flips_per_image, noise=noise,
-            batch_size=config.batch_size, source_indices=correct_rows,
+            generator_params,
+            classifier_params,
+            images[correct_rows],
+            labels[correct_rows],
+            run_state.keys["search"],
+            generator=run_state.generator,
+            apply_fn=run_state.apply_fn,
+            num_perturbations=config.num_perturbations,
+            max_flips_per_image=config.max_flips_per_image,
+            noise=noise,
+            batch_size=config.batch_size,
+            source_indices=correct_rows,
         )
         return flips._asdict()
 
-    arrays = workdir_lib.cached_arrays(run_state.workdir, "flips", stage_fingerprint, compute)
+    arrays = workdir_lib.cached_arrays(
+        run_state.workdir, "flips", stage_fingerprint, compute
+    )
     flips = identify.Flips(**arrays)
-    images_with_flips = int(len(np.unique(flips.source_index)))
+    images_with_flips = len(np.unique(flips.source_index))
     return {
         "flips": flips,
         "split": config.split,
-        "split_size": int(len(labels)),
+        "split_size": len(labels),
         "note": (
             "Only source images that the classifier labels correctly are searched"
-            + (", and only those whose VAE reconstruction it also labels correctly."
-               if config.require_correct_reconstruction else ".")
+            + (
+                ", and only those whose VAE reconstruction it also labels correctly."
+                if config.require_correct_reconstruction
+                else "."
+            )
         ),
         "misclassified_skipped": num_misclassified,
         "bad_reconstruction_skipped": num_bad_reconstructions,
-        "searched_images": int(len(correct_rows)),
+        "searched_images": len(correct_rows),
         "num_flips": flips.size,
         "images_with_flips": images_with_flips,
         "fraction_images_with_flips": images_with_flips / max(len(correct_rows), 1),

@@ -105,7 +105,10 @@ def decode_and_classify(
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _decode_and_classify_batch(
-    decode: Any, apply_fn: ApplyFn, generator_params: Any, classifier_params: Any,
+    decode: Any,
+    apply_fn: ApplyFn,
+    generator_params: Any,
+    classifier_params: Any,
     codes: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     images = decode(generator_params, codes)
@@ -114,7 +117,11 @@ def _decode_and_classify_batch(
 
 
 def decode_codes(
-    generator: Generator, generator_params: Any, codes: np.ndarray, *, batch_size: int = 512
+    generator: Generator,
+    generator_params: Any,
+    codes: np.ndarray,
+    *,
+    batch_size: int = 512,
 ) -> np.ndarray:
     """Decode codes [N, L] to images [N, H, W, C] in fixed-shape batches."""
     decode = jax.jit(generator.decode)
@@ -171,9 +178,21 @@ def build_regions(
     rows = []
     for component in selected:
         members = assignments == component
-        source_label, source_purity = _majority(flips.source_label[members], num_classes)
-        predicted_label, predicted_purity = _majority(flips.predicted_label[members], num_classes)
-        rows.append((int(members.sum()), source_label, source_purity, predicted_label, predicted_purity))
+        source_label, source_purity = _majority(
+            flips.source_label[members], num_classes
+        )
+        predicted_label, predicted_purity = _majority(
+            flips.predicted_label[members], num_classes
+        )
+        rows.append(
+            (
+                int(members.sum()),
+                source_label,
+                source_purity,
+                predicted_label,
+                predicted_purity,
+            )
+        )
     columns = list(zip(*rows)) if rows else [[] for _ in range(5)]
     region_means = np.asarray(means)[selected]
     region_covariances = np.asarray(covariances)[selected]
@@ -182,15 +201,23 @@ def build_regions(
     error_rates = np.zeros(len(selected), np.float32)
     if len(selected):
         codes = sample_codes(
-            key, jnp.asarray(region_means), jnp.asarray(region_covariances),
-            tau=tau, num_samples=num_samples,
+            key,
+            jnp.asarray(region_means),
+            jnp.asarray(region_covariances),
+            tau=tau,
+            num_samples=num_samples,
         )
         _, predicted = decode_and_classify(
-            generator, generator_params, apply_fn, classifier_params,
+            generator,
+            generator_params,
+            apply_fn,
+            classifier_params,
             np.asarray(codes).reshape(-1, region_means.shape[-1]),
         )
         predicted = predicted.reshape(len(selected), num_samples)
-        error_rates = np.mean(predicted != source_labels[:, None], axis=1).astype(np.float32)
+        error_rates = np.mean(predicted != source_labels[:, None], axis=1).astype(
+            np.float32
+        )
 
     regions = Regions(
         component=selected.astype(np.int32),
@@ -208,7 +235,12 @@ def build_regions(
         logging.info(
             "region %d (component %d): weight %.3f, %d members, %d -> %d, "
             "sample error rate %.2f.",
-            r, regions.component[r], regions.weight[r], regions.member_count[r],
-            regions.source_label[r], regions.predicted_label[r], regions.sample_error_rate[r],
+            r,
+            regions.component[r],
+            regions.weight[r],
+            regions.member_count[r],
+            regions.source_label[r],
+            regions.predicted_label[r],
+            regions.sample_error_rate[r],
         )
     return regions

@@ -12,8 +12,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # Files only; never open a window.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def atomic_write_bytes(path: str, content: bytes) -> None:
@@ -65,23 +65,44 @@ def save_image_grid(
         title_colors: Optional colour per caption (for example red for a wrong label).
     """
     count = len(images)
+    if count == 0:
+        raise ValueError(f"save_image_grid got no images for {path!r}.")
     columns = max(1, min(columns, count))
-    rows = max(1, math.ceil(count / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.5 * rows + 0.5), squeeze=False)
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index >= count:
-            continue
-        image = np.clip(images[index], 0.0, 1.0)
-        if image.shape[-1] == 1:
-            axis.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
-        else:
-            axis.imshow(image)
-        color = title_colors[index] if title_colors is not None else "black"
-        axis.set_title(titles[index], fontsize=8, color=color)
+    rows = math.ceil(count / columns)
+    height, width, channels = images.shape[1:]
+    # One mosaic drawn on one axes: much faster than one matplotlib axes per tile.
+    gap, caption = max(round(height * 0.08), 1), max(round(height * 0.2), 2)
+    cell_height, cell_width = height + caption + gap, width + gap
+    mosaic = np.ones((rows * cell_height, columns * cell_width, 3), np.float32)
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = row * cell_height + caption, column * cell_width
+        tile = np.clip(images[index], 0.0, 1.0)
+        mosaic[top : top + height, left : left + width] = (
+            np.repeat(tile, 3, axis=-1) if channels == 1 else tile[..., :3]
+        )
+    scale = 1.3 / width  # Inches per pixel, so a tile is about 1.3 inches wide.
+    figure = plt.figure(
+        figsize=(mosaic.shape[1] * scale, mosaic.shape[0] * scale + 0.4)
+    )
+    axis = figure.add_axes(
+        (0, 0, 1, mosaic.shape[0] * scale / (mosaic.shape[0] * scale + 0.4))
+    )
+    axis.imshow(mosaic, interpolation="nearest")
+    axis.axis("off")
+    for index in range(count):
+        row, column = divmod(index, columns)
+        axis.text(
+            column * cell_width + width / 2,
+            row * cell_height + caption - 1,
+            titles[index],
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color=title_colors[index] if title_colors is not None else "black",
+        )
     if title:
-        figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+        figure.suptitle(title, fontsize=9, y=0.995)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".tmp-{os.path.basename(path)}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -34,7 +33,7 @@ def distill_correct_report(
     search_fingerprint: str,
 ) -> dict[str, Any]:
     """Run the stages after identification and write report.json; return the report."""
-    config, dataset = run.config, run.dataset
+    config = run.config
     outputs["notes"] = []
     if flips.size < 2:
         message = (
@@ -44,13 +43,17 @@ def distill_correct_report(
         )
         logging.warning(message)
         outputs["notes"].append(message)
-        return _write_report(run, outputs, flips, None, None, generator_params, classifier_params)
+        return _write_report(
+            run, outputs, flips, None, None, generator_params, classifier_params
+        )
 
     # Distillation: a Dirichlet-process Gaussian mixture over the flips' codes.
     with run.stage("distill"):
         distill_fingerprint = fingerprint(search_fingerprint, config.distill)
         mixture_arrays = workdir_lib.cached_arrays(
-            run.workdir, "mixture", distill_fingerprint,
+            run.workdir,
+            "mixture",
+            distill_fingerprint,
             lambda: _fit_mixture(run, flips),
         )
         outputs["distill"] = {
@@ -58,17 +61,22 @@ def distill_correct_report(
             "truncation": config.distill.truncation,
             "final_elbo": float(mixture_arrays["elbo_trace"][-1]),
             "weights": mixture_arrays["weights"],
-            "num_regions": int(len(mixture_arrays["selected"])),
+            "num_regions": len(mixture_arrays["selected"]),
         }
 
     # Regions: statistics of the kept components from fresh samples.
     with run.stage("regions"):
         regions_fingerprint = fingerprint(distill_fingerprint, config.regions)
-        regions = regions_lib.Regions(**workdir_lib.cached_arrays(
-            run.workdir, "regions", regions_fingerprint,
-            lambda: _build_regions(run, mixture_arrays, flips, generator_params,
-                                   classifier_params)._asdict(),
-        ))
+        regions = regions_lib.Regions(
+            **workdir_lib.cached_arrays(
+                run.workdir,
+                "regions",
+                regions_fingerprint,
+                lambda: _build_regions(
+                    run, mixture_arrays, flips, generator_params, classifier_params
+                )._asdict(),
+            )
+        )
     if regions.size == 0:
         message = (
             f"No mixture component reached distill.min_weight={config.distill.min_weight} "
@@ -76,8 +84,15 @@ def distill_correct_report(
         )
         logging.warning(message)
         outputs["notes"].append(message)
-        return _write_report(run, outputs, flips, mixture_arrays, regions, generator_params,
-                             classifier_params)
+        return _write_report(
+            run,
+            outputs,
+            flips,
+            mixture_arrays,
+            regions,
+            generator_params,
+            classifier_params,
+        )
 
     # Annotation: one label per region, or a rejection.
     with run.stage("annotate"):
@@ -94,31 +109,54 @@ def distill_correct_report(
     if annotation.accepted.any():
         with run.stage("correct"):
             correct_fingerprint = fingerprint(
-                regions_fingerprint, config.annotate, annotation.label.tolist(), config.correct
+                regions_fingerprint,
+                config.annotate,
+                annotation.label.tolist(),
+                config.correct,
             )
             outputs["correction"] = _correct(
-                run, regions, annotation, flips, classifier_params, generator_params,
+                run,
+                regions,
+                annotation,
+                flips,
+                classifier_params,
+                generator_params,
                 correct_fingerprint,
             )
     else:
         message = "The annotator rejected every region; no correction."
         logging.warning(message)
         outputs["notes"].append(message)
-    return _write_report(run, outputs, flips, mixture_arrays, regions, generator_params,
-                         classifier_params, annotation)
+    return _write_report(
+        run,
+        outputs,
+        flips,
+        mixture_arrays,
+        regions,
+        generator_params,
+        classifier_params,
+        annotation,
+    )
 
 
 def _fit_mixture(run: _Run, flips: Flips) -> dict[str, np.ndarray]:
     config = run.config.distill
     codes = jnp.asarray(flips.codes)
     mixture = distill.fit_mixture(
-        codes, run.keys["distill"], truncation=config.truncation, alpha=config.alpha,
-        covariance_type=config.covariance_type, num_steps=config.num_steps,
+        codes,
+        run.keys["distill"],
+        truncation=config.truncation,
+        alpha=config.alpha,
+        covariance_type=config.covariance_type,
+        num_steps=config.num_steps,
         learning_rate=config.learning_rate,
     )
     assignments = distill.assign(mixture, codes)
     selected = distill.select_regions(
-        mixture, assignments, min_weight=config.min_weight, min_size=config.min_region_size
+        mixture,
+        assignments,
+        min_weight=config.min_weight,
+        min_size=config.min_region_size,
     )
     arrays = {k: np.asarray(v) for k, v in mixture._asdict().items()}
     arrays["assignments"] = np.asarray(assignments, np.int32)
@@ -126,100 +164,159 @@ def _fit_mixture(run: _Run, flips: Flips) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _build_regions(run: _Run, mixture: dict[str, np.ndarray], flips: Flips,
-                   generator_params: Any, classifier_params: Any) -> regions_lib.Regions:
+def _build_regions(
+    run: _Run,
+    mixture: dict[str, np.ndarray],
+    flips: Flips,
+    generator_params: Any,
+    classifier_params: Any,
+) -> regions_lib.Regions:
     return regions_lib.build_regions(
         run.keys["region_stats"],
-        weights=mixture["weights"], means=mixture["means"],
-        covariances=mixture["covariances"], selected=mixture["selected"],
-        assignments=mixture["assignments"], flips=flips,
-        num_classes=run.dataset.num_classes, generator=run.generator,
-        generator_params=generator_params, apply_fn=run.apply_fn,
-        classifier_params=classifier_params, tau=run.config.regions.tau,
+        weights=mixture["weights"],
+        means=mixture["means"],
+        covariances=mixture["covariances"],
+        selected=mixture["selected"],
+        assignments=mixture["assignments"],
+        flips=flips,
+        num_classes=run.dataset.num_classes,
+        generator=run.generator,
+        generator_params=generator_params,
+        apply_fn=run.apply_fn,
+        classifier_params=classifier_params,
+        tau=run.config.regions.tau,
         num_samples=run.config.regions.num_samples,
     )
 
 
-def _region_test_set(run: _Run, regions: regions_lib.Regions, annotation: annotate.Annotation,
-                     generator_params: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _region_test_set(
+    run: _Run,
+    regions: regions_lib.Regions,
+    annotation: annotate.Annotation,
+    generator_params: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Held-out decoded samples of the accepted regions: images, labels, region rows."""
     accepted = np.nonzero(annotation.accepted)[0]
     count = run.config.correct.num_test_samples
     codes = regions_lib.sample_codes(
-        run.keys["region_test"], jnp.asarray(regions.mean[accepted]),
-        jnp.asarray(regions.covariance[accepted]), tau=run.config.regions.tau,
+        run.keys["region_test"],
+        jnp.asarray(regions.mean[accepted]),
+        jnp.asarray(regions.covariance[accepted]),
+        tau=run.config.regions.tau,
         num_samples=count,
     )
     images = regions_lib.decode_codes(
-        run.generator, generator_params, np.asarray(codes).reshape(-1, regions.mean.shape[1])
+        run.generator,
+        generator_params,
+        np.asarray(codes).reshape(-1, regions.mean.shape[1]),
     )
     labels = np.repeat(annotation.label[accepted], count).astype(np.int32)
     rows = np.repeat(accepted, count).astype(np.int32)
     return images, labels, rows
 
 
-def _evaluate(run: _Run, params: Any, region_images: np.ndarray, region_labels: np.ndarray,
-              region_rows: np.ndarray) -> dict[str, Any]:
+def _evaluate(
+    run: _Run,
+    params: Any,
+    region_images: np.ndarray,
+    region_labels: np.ndarray,
+    region_rows: np.ndarray,
+) -> dict[str, Any]:
     predicted = classifier.predict(run.apply_fn, params, region_images)
     per_region = {
-        int(r): float(np.mean(predicted[region_rows == r] == region_labels[region_rows == r]))
+        int(r): float(
+            np.mean(predicted[region_rows == r] == region_labels[region_rows == r])
+        )
         for r in np.unique(region_rows)
     }
     return {
-        "test_accuracy": classifier.accuracy(run.apply_fn, params, run.dataset.test_images,
-                                             run.dataset.test_labels),
+        "test_accuracy": classifier.accuracy(
+            run.apply_fn, params, run.dataset.test_images, run.dataset.test_labels
+        ),
         "region_test_accuracy": float(np.mean(predicted == region_labels)),
         "region_test_accuracy_per_region": per_region,
     }
 
 
-def _correct(run: _Run, regions: regions_lib.Regions, annotation: annotate.Annotation,
-             flips: Flips, classifier_params: Any, generator_params: Any,
-             stage_fingerprint: str) -> dict[str, Any]:
+def _correct(
+    run: _Run,
+    regions: regions_lib.Regions,
+    annotation: annotate.Annotation,
+    flips: Flips,
+    classifier_params: Any,
+    generator_params: Any,
+    stage_fingerprint: str,
+) -> dict[str, Any]:
     config, dataset = run.config.correct, run.dataset
     region_images, region_labels, region_rows = _region_test_set(
         run, regions, annotation, generator_params
     )
     accepted = np.nonzero(annotation.accepted)[0]
-    common = dict(
-        key=None, lam=config.lam, num_steps=config.num_steps, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, writer=run.writer,
-    )
+    common = {
+        "lam": config.lam,
+        "num_steps": config.num_steps,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "writer": run.writer,
+    }
 
     def fine_tune_defuse():
         data = correct.RegionSamplerData(
             generator_params=generator_params,
             means=jnp.asarray(regions.mean[accepted]),
-            cholesky=correct.region_cholesky(regions.covariance[accepted], run.config.regions.tau),
+            cholesky=correct.region_cholesky(
+                regions.covariance[accepted], run.config.regions.tau
+            ),
             labels=jnp.asarray(annotation.label[accepted]),
         )
         return correct.fine_tune(
-            run.apply_fn, classifier_params, dataset.train_images, dataset.train_labels,
+            run.apply_fn,
+            classifier_params,
+            dataset.train_images,
+            dataset.train_labels,
             sampler=correct.make_region_sampler(run.generator, config.extra_batch_size),
-            extra_data=data, name="correct_defuse", **{**common, "key": run.keys["correct"]},
+            extra_data=data,
+            name="correct_defuse",
+            key=run.keys["correct"],
+            **common,
         )
 
     def fine_tune_baseline():
-        flip_images = regions_lib.decode_codes(run.generator, generator_params, flips.codes)
+        flip_images = regions_lib.decode_codes(
+            run.generator, generator_params, flips.codes
+        )
         return correct.fine_tune(
-            run.apply_fn, classifier_params, dataset.train_images, dataset.train_labels,
+            run.apply_fn,
+            classifier_params,
+            dataset.train_images,
+            dataset.train_labels,
             sampler=correct.make_pool_sampler(config.extra_batch_size),
             extra_data=(jnp.asarray(flip_images), jnp.asarray(flips.source_label)),
-            name="correct_baseline", **{**common, "key": run.keys["baseline"]},
+            name="correct_baseline",
+            key=run.keys["baseline"],
+            **common,
         )
 
     defuse_params = workdir_lib.cached_params(
         run.workdir, "corrected", stage_fingerprint, classifier_params, fine_tune_defuse
     )
     baseline_params = workdir_lib.cached_params(
-        run.workdir, "baseline", stage_fingerprint, classifier_params, fine_tune_baseline
+        run.workdir,
+        "baseline",
+        stage_fingerprint,
+        classifier_params,
+        fine_tune_baseline,
     )
     result = {
         "lam": config.lam,
         "num_steps": config.num_steps,
-        "region_test_size": int(len(region_labels)),
-        "before": _evaluate(run, classifier_params, region_images, region_labels, region_rows),
-        "defuse": _evaluate(run, defuse_params, region_images, region_labels, region_rows),
+        "region_test_size": len(region_labels),
+        "before": _evaluate(
+            run, classifier_params, region_images, region_labels, region_rows
+        ),
+        "defuse": _evaluate(
+            run, defuse_params, region_images, region_labels, region_rows
+        ),
         "finetune_on_flips_baseline": _evaluate(
             run, baseline_params, region_images, region_labels, region_rows
         ),
@@ -227,38 +324,62 @@ def _correct(run: _Run, regions: regions_lib.Regions, annotation: annotate.Annot
     for name in ("before", "defuse", "finetune_on_flips_baseline"):
         logging.info(
             "Correction %s: test accuracy %.4f, region test accuracy %.4f.",
-            name, result[name]["test_accuracy"], result[name]["region_test_accuracy"],
+            name,
+            result[name]["test_accuracy"],
+            result[name]["region_test_accuracy"],
         )
     return result
 
 
-def _write_report(run: _Run, outputs: dict[str, Any], flips: Flips,
-                  mixture: dict[str, np.ndarray] | None, regions: regions_lib.Regions | None,
-                  generator_params: Any, classifier_params: Any,
-                  annotation: annotate.Annotation | None = None) -> dict[str, Any]:
+def _write_report(
+    run: _Run,
+    outputs: dict[str, Any],
+    flips: Flips,
+    mixture: dict[str, np.ndarray] | None,
+    regions: regions_lib.Regions | None,
+    generator_params: Any,
+    classifier_params: Any,
+    annotation: annotate.Annotation | None = None,
+) -> dict[str, Any]:
     with run.stage("report"):
         names = run.dataset.class_names
         config = run.config.report
         if flips.size:
             rng = np.random.default_rng(run.config.seed)
-            rows = np.sort(rng.choice(flips.size, min(config.num_flip_examples, flips.size),
-                                      replace=False))
-            images = regions_lib.decode_codes(run.generator, generator_params, flips.codes[rows])
+            rows = np.sort(
+                rng.choice(
+                    flips.size, min(config.num_flip_examples, flips.size), replace=False
+                )
+            )
+            images = regions_lib.decode_codes(
+                run.generator, generator_params, flips.codes[rows]
+            )
             report.save_image_grid(
-                os.path.join(run.workdir, "flips.png"), images,
-                [f"{names[s]}→{names[p]}" for s, p in
-                 zip(flips.source_label[rows], flips.predicted_label[rows])],
+                os.path.join(run.workdir, "flips.png"),
+                images,
+                [
+                    f"{names[s]}→{names[p]}"
+                    for s, p in zip(
+                        flips.source_label[rows], flips.predicted_label[rows]
+                    )
+                ],
                 title="Random flips: source label → classifier prediction",
             )
         region_records = []
         if regions is not None and regions.size:
             codes = regions_lib.sample_codes(
-                run.keys["report"], jnp.asarray(regions.mean), jnp.asarray(regions.covariance),
-                tau=run.config.regions.tau, num_samples=config.samples_per_region,
+                run.keys["report"],
+                jnp.asarray(regions.mean),
+                jnp.asarray(regions.covariance),
+                tau=run.config.regions.tau,
+                num_samples=config.samples_per_region,
             )
             per_region = config.samples_per_region
             all_images, all_predicted = regions_lib.decode_and_classify(
-                run.generator, generator_params, run.apply_fn, classifier_params,
+                run.generator,
+                generator_params,
+                run.apply_fn,
+                classifier_params,
                 np.asarray(codes).reshape(-1, regions.mean.shape[1]),
             )
             for r in range(regions.size):
@@ -268,32 +389,39 @@ def _write_report(run: _Run, outputs: dict[str, Any], flips: Flips,
                 label = None if annotation is None else int(annotation.label[r])
                 path = os.path.join("regions", f"region_{r:02d}.png")
                 report.save_image_grid(
-                    os.path.join(run.workdir, path), images,
+                    os.path.join(run.workdir, path),
+                    images,
                     [f"pred {names[p]}" for p in predicted],
                     title_colors=["red" if p != target else "black" for p in predicted],
-                    title=(f"Region {r}: {names[target]} → {names[regions.predicted_label[r]]}, "
-                           f"weight {regions.weight[r]:.3f}, {regions.member_count[r]} flips, "
-                           f"sample error {regions.sample_error_rate[r]:.2f}"),
+                    title=(
+                        f"Region {r}: {names[target]} → {names[regions.predicted_label[r]]}, "
+                        f"weight {regions.weight[r]:.3f}, {regions.member_count[r]} flips, "
+                        f"sample error {regions.sample_error_rate[r]:.2f}"
+                    ),
                 )
-                region_records.append({
-                    "region": r,
-                    "component": int(regions.component[r]),
-                    "weight": float(regions.weight[r]),
-                    "member_count": int(regions.member_count[r]),
-                    "source_label": int(target),
-                    "source_purity": float(regions.source_purity[r]),
-                    "predicted_label": int(regions.predicted_label[r]),
-                    "predicted_purity": float(regions.predicted_purity[r]),
-                    "sample_error_rate": float(regions.sample_error_rate[r]),
-                    "annotated_label": label,
-                    "grid": path,
-                })
+                region_records.append(
+                    {
+                        "region": r,
+                        "component": int(regions.component[r]),
+                        "weight": float(regions.weight[r]),
+                        "member_count": int(regions.member_count[r]),
+                        "source_label": int(target),
+                        "source_purity": float(regions.source_purity[r]),
+                        "predicted_label": int(regions.predicted_label[r]),
+                        "predicted_purity": float(regions.predicted_purity[r]),
+                        "sample_error_rate": float(regions.sample_error_rate[r]),
+                        "annotated_label": label,
+                        "grid": path,
+                    }
+                )
         outputs["regions"] = region_records
         outputs["config"] = run.config.to_dict()
         outputs["seed"] = run.config.seed
         outputs["dataset"] = {
-            "name": run.dataset.name, "num_train": len(run.dataset.train_images),
-            "num_test": len(run.dataset.test_images), "num_classes": run.dataset.num_classes,
+            "name": run.dataset.name,
+            "num_train": len(run.dataset.train_images),
+            "num_test": len(run.dataset.test_images),
+            "num_classes": run.dataset.num_classes,
             "image_shape": list(run.dataset.image_shape),
         }
     outputs["stage_seconds"] = dict(run.durations)

@@ -21,7 +21,9 @@ from absl import logging
 
 from defuse_jax import batching
 
-StepFn = Callable[[Any, tuple[jax.Array, ...], jax.Array], tuple[Any, Mapping[str, jax.Array]]]
+StepFn = Callable[
+    [Any, tuple[jax.Array, ...], jax.Array], tuple[Any, Mapping[str, jax.Array]]
+]
 
 
 class MetricWriter:
@@ -37,11 +39,15 @@ class MetricWriter:
         if logdir is None:
             return
         os.makedirs(logdir, exist_ok=True)
-        self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+        # Kept open for the writer's lifetime and closed by close().
+        path = os.path.join(logdir, "metrics.jsonl")
+        self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
-            logging.warning("tensorboardX is not installed; writing metrics as JSON only.")
+            logging.warning(
+                "tensorboardX is not installed; writing metrics as JSON only."
+            )
         else:
             self._tensorboard = SummaryWriter(logdir)
 
@@ -103,7 +109,11 @@ def train_loop(
     data_key, step_key = jax.random.split(key)
     logging.info(
         "%s: training for %d steps (%.1f epochs of %d examples, batch %d).",
-        name, num_steps, num_steps / steps_per_epoch, num_examples, batch_size,
+        name,
+        num_steps,
+        num_steps / steps_per_epoch,
+        num_examples,
+        batch_size,
     )
     start = time.perf_counter()
     order = None
@@ -125,12 +135,17 @@ def train_loop(
             rate = (step + 1) / elapsed
             logging.info(
                 "%s: step %d/%d, %s, %.1f steps/s, %.0f s left.",
-                name, step + 1, num_steps,
+                name,
+                step + 1,
+                num_steps,
                 ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()),
-                rate, (num_steps - step - 1) / rate,
+                rate,
+                (num_steps - step - 1) / rate,
             )
             if writer is not None:
-                writer.write_scalars(step + 1, {f"{name}/{k}": v for k, v in scalars.items()})
+                writer.write_scalars(
+                    step + 1, {f"{name}/{k}": v for k, v in scalars.items()}
+                )
     logging.info("%s: done in %.1f s.", name, time.perf_counter() - start)
     return state
 

@@ -58,10 +58,14 @@ def gaussian_kl(mean: jax.Array, log_variance: jax.Array) -> jax.Array:
 
 def bernoulli_log_likelihood(logits: jax.Array, image: jax.Array) -> jax.Array:
     """Sum over pixels of log Bernoulli(image | sigmoid(logits)), for image in [0, 1]."""
-    return jnp.sum(image * jax.nn.log_sigmoid(logits) + (1 - image) * jax.nn.log_sigmoid(-logits))
+    return jnp.sum(
+        image * jax.nn.log_sigmoid(logits) + (1 - image) * jax.nn.log_sigmoid(-logits)
+    )
 
 
-def gaussian_log_likelihood(logits: jax.Array, image: jax.Array, scale: float) -> jax.Array:
+def gaussian_log_likelihood(
+    logits: jax.Array, image: jax.Array, scale: float
+) -> jax.Array:
     """Sum over pixels of log N(image | sigmoid(logits), scale^2)."""
     residual = (image - jax.nn.sigmoid(logits)) / scale
     return jnp.sum(-0.5 * residual**2 - math.log(scale) - 0.5 * math.log(2 * math.pi))
@@ -82,7 +86,9 @@ def elbo_terms(
     elif likelihood == "gaussian":
         reconstruction = gaussian_log_likelihood(logits, image, gaussian_scale)
     else:
-        raise ValueError(f"Unknown VAE likelihood {likelihood!r}; use one of {LIKELIHOODS}.")
+        raise ValueError(
+            f"Unknown VAE likelihood {likelihood!r}; use one of {LIKELIHOODS}."
+        )
     return reconstruction, gaussian_kl(mean, log_variance)
 
 
@@ -97,7 +103,9 @@ def create_state(
 ) -> VaeTrainState:
     """Initialise VAE parameters and an Adam optimiser."""
     if likelihood not in LIKELIHOODS:
-        raise ValueError(f"Unknown VAE likelihood {likelihood!r}; use one of {LIKELIHOODS}.")
+        raise ValueError(
+            f"Unknown VAE likelihood {likelihood!r}; use one of {LIKELIHOODS}."
+        )
     images = jnp.zeros((1, *model.image_shape), jnp.float32)
     params_key, noise_key = jax.random.split(key)
     params = model.init({"params": params_key, "noise": noise_key}, images)["params"]

@@ -22,8 +22,16 @@ from absl import logging
 from defuse_jax import report, training
 
 _PACKAGES = (
-    "jax", "jaxlib", "flax", "optax", "numpyro", "numpy", "orbax-checkpoint",
-    "ml-collections", "scikit-learn", "tensorflow-datasets",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "numpyro",
+    "numpy",
+    "orbax-checkpoint",
+    "ml-collections",
+    "scikit-learn",
+    "tensorflow-datasets",
 )
 
 
@@ -48,7 +56,11 @@ def read_fingerprint(path: str) -> str | None:
 
 
 def cached_params(
-    workdir: str, name: str, stage_fingerprint: str, like: Any, compute: Callable[[], Any]
+    workdir: str,
+    name: str,
+    stage_fingerprint: str,
+    like: Any,
+    compute: Callable[[], Any],
 ) -> Any:
     """Restore params saved as `name` with this fingerprint, or compute and save them.
 
@@ -62,7 +74,9 @@ def cached_params(
     path = os.path.join(workdir, "checkpoints", name)
     meta_path = path + ".json"
     if read_fingerprint(meta_path) == stage_fingerprint and os.path.isdir(path):
-        logging.info("Reusing %s params from %s (fingerprint %s).", name, path, stage_fingerprint)
+        logging.info(
+            "Reusing %s params from %s (fingerprint %s).", name, path, stage_fingerprint
+        )
         return training.restore_params(path, like)
     if os.path.exists(meta_path):
         logging.info("Recomputing %s: its fingerprint changed.", name)

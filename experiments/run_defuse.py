@@ -16,9 +16,13 @@ from defuse_jax.configuration import InputError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "mnist5k.py")
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, arrays and the report.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Folder for checkpoints, arrays and the report."
+)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Experiment config file; append :test for the CPU test variant.",
+    "config",
+    _DEFAULT_CONFIG,
+    "Experiment config file; append :test for the CPU test variant.",
     lock_config=True,
 )
 flags.mark_flags_as_required(["workdir"])
@@ -27,7 +31,9 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.info("JAX backend %s with devices %s.", jax.default_backend(), jax.devices())
+    logging.info(
+        "JAX backend %s with devices %s.", jax.default_backend(), jax.devices()
+    )
     try:
         pipeline.run(_CONFIG.value, _WORKDIR.value)
     except InputError as error:

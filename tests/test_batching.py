@@ -41,15 +41,26 @@ def test_train_loop_stops_on_nonfinite_loss():
 
     with pytest.raises(FloatingPointError, match="at step 2"):
         training.train_loop(
-            jnp.float32(1.0), step, (np.zeros(8),), key=jax.random.key(0), num_steps=5,
-            batch_size=4, name="nan_test", log_every=2,
+            jnp.float32(1.0),
+            step,
+            (np.zeros(8),),
+            key=jax.random.key(0),
+            num_steps=5,
+            batch_size=4,
+            name="nan_test",
+            log_every=2,
         )
 
 
 def test_train_loop_rejects_batch_larger_than_data():
     with pytest.raises(ValueError, match="fewer than the batch size 16"):
         training.train_loop(
-            None, None, (np.zeros(8),), key=jax.random.key(0), num_steps=1, batch_size=16,
+            None,
+            None,
+            (np.zeros(8),),
+            key=jax.random.key(0),
+            num_steps=1,
+            batch_size=16,
             name="small",
         )
 

@@ -14,7 +14,11 @@ def test_shipped_configs_are_valid(variant):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("correct.lam", 1.5, r"config.correct.lam=1.5 is out of range; allowed range is \[0, 1\]"),
+        (
+            "correct.lam",
+            1.5,
+            r"config.correct.lam=1.5 is out of range; allowed range is \[0, 1\]",
+        ),
         ("distill.truncation", 0, r"config.distill.truncation=0 .* \[1, inf\]"),
         ("identify.num_perturbations", 0, r"num_perturbations=0 .* \[1, inf\]"),
         ("vae.latent_dim", -3, r"latent_dim=-3 .* \[1, inf\]"),

@@ -45,9 +45,11 @@ def test_loss_is_linear_in_lambda():
     images, labels = _batch(jax.random.key(0), 8)
     extra_images, extra_labels = _batch(jax.random.key(1), 5)
     losses = [
-        float(correct.correction_loss(
-            PARAMS, _linear_apply, images, labels, extra_images, extra_labels, lam
-        )[0])
+        float(
+            correct.correction_loss(
+                PARAMS, _linear_apply, images, labels, extra_images, extra_labels, lam
+            )[0]
+        )
         for lam in (0.0, 0.3, 1.0)
     ]
     assert losses[1] == pytest.approx(0.7 * losses[0] + 0.3 * losses[2], rel=1e-6)
@@ -57,10 +59,12 @@ def test_cross_entropy_weights_ignore_padding():
     logits = jnp.array([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]])
     labels = jnp.array([0, 1, 1])
     masked = classifier.cross_entropy(logits, labels, jnp.array([1.0, 1.0, 0.0]))
-    np.testing.assert_allclose(masked, classifier.cross_entropy(logits[:2], labels[:2]), rtol=1e-6)
+    np.testing.assert_allclose(
+        masked, classifier.cross_entropy(logits[:2], labels[:2]), rtol=1e-6
+    )
 
 
-def test_fine_tune_learns_extra_labels_from_the_audited_params():
+def test_fine_tune_learns_extra_labels():
     # Original data: class = sign of pixel 0. Extra pool: a small patch of inputs the
     # starting model gets wrong, whose annotated label is 2.
     model = models.CNN(num_classes=3, features=(4,), hidden_dim=8)
@@ -68,20 +72,33 @@ def test_fine_tune_learns_extra_labels_from_the_audited_params():
     rng = np.random.default_rng(0)
     train_images = rng.uniform(0, 1, (256, 2, 2, 1)).astype(np.float32)
     train_labels = (train_images[:, 0, 0, 0] > 0.5).astype(np.int32)
-    state = classifier.create_state(model, apply_fn, jax.random.key(0), (2, 2, 1),
-                                    learning_rate=1e-2)
-    extra_images = jnp.full((16, 2, 2, 1), 0.95) - jnp.linspace(0, 0.05, 16)[:, None, None, None]
+    state = classifier.create_state(
+        model, apply_fn, jax.random.key(0), (2, 2, 1), learning_rate=1e-2
+    )
+    extra_images = (
+        jnp.full((16, 2, 2, 1), 0.95) - jnp.linspace(0, 0.05, 16)[:, None, None, None]
+    )
     extra_labels = jnp.full((16,), 2, jnp.int32)
-    before = classifier.accuracy(apply_fn, state.params, np.asarray(extra_images),
-                                 np.asarray(extra_labels))
+    before = classifier.accuracy(
+        apply_fn, state.params, np.asarray(extra_images), np.asarray(extra_labels)
+    )
     params = correct.fine_tune(
-        apply_fn, state.params, train_images, train_labels,
-        sampler=correct.make_pool_sampler(16), extra_data=(extra_images, extra_labels),
-        key=jax.random.key(1), lam=0.5, num_steps=150, batch_size=32, learning_rate=1e-2,
+        apply_fn,
+        state.params,
+        train_images,
+        train_labels,
+        sampler=correct.make_pool_sampler(16),
+        extra_data=(extra_images, extra_labels),
+        key=jax.random.key(1),
+        lam=0.5,
+        num_steps=150,
+        batch_size=32,
+        learning_rate=1e-2,
         name="fine_tune_test",
     )
-    after = classifier.accuracy(apply_fn, params, np.asarray(extra_images),
-                                np.asarray(extra_labels))
+    after = classifier.accuracy(
+        apply_fn, params, np.asarray(extra_images), np.asarray(extra_labels)
+    )
     assert before < 0.5
     assert after == 1.0
 
@@ -90,7 +107,8 @@ def test_region_sampler_draws_from_region_gaussians():
     means = jnp.array([[5.0, 0.0], [-5.0, 0.0]])
     covariances = jnp.stack([jnp.eye(2) * 0.01, jnp.eye(2) * 0.04])
     data = correct.RegionSamplerData(
-        generator_params=None, means=means,
+        generator_params=None,
+        means=means,
         cholesky=correct.region_cholesky(np.asarray(covariances), tau=1.0),
         labels=jnp.array([3, 7]),
     )

@@ -1,4 +1,4 @@
-"""Tests of the latent search, on a toy generator and classifier with known answers.
+"""Tests of the latent search, on a toy generator and classifier with known results.
 
 The toy generator encodes a [1, 1, 2] image to its two pixel values and decodes a code
 back to pixels; the toy classifier predicts class 1 exactly when the first pixel is
@@ -42,9 +42,17 @@ def _toy_data(count):
 
 def _search(images, labels, *, scale, q=32, k=3, batch_size=4, kind="gaussian"):
     return identify.identify(
-        None, None, images, labels, jax.random.key(7), generator=TOY, apply_fn=_classify,
-        num_perturbations=q, max_flips_per_image=k,
-        noise=identify.NoiseConfig(kind, scale, 2.0), batch_size=batch_size,
+        None,
+        None,
+        images,
+        labels,
+        jax.random.key(7),
+        generator=TOY,
+        apply_fn=_classify,
+        num_perturbations=q,
+        max_flips_per_image=k,
+        noise=identify.NoiseConfig(kind, scale, 2.0),
+        batch_size=batch_size,
     )
 
 
@@ -61,7 +69,9 @@ def test_large_noise_gives_flips_with_other_label():
     assert flips.size > 0
     np.testing.assert_array_equal(flips.predicted_label, 1 - flips.source_label)
     np.testing.assert_array_equal(flips.source_label, labels[flips.source_index])
-    np.testing.assert_array_equal(flips.predicted_label, (flips.codes[:, 0] > 0).astype(int))
+    np.testing.assert_array_equal(
+        flips.predicted_label, (flips.codes[:, 0] > 0).astype(int)
+    )
 
 
 def test_cap_keeps_smallest_noise_flips():
@@ -71,9 +81,11 @@ def test_cap_keeps_smallest_noise_flips():
     flips = _search(images, labels, scale=1.0, q=q, k=k)
     for index in range(len(images)):
         # Brute force: every perturbation of this image, with the same per-image key.
-        noise = np.asarray(identify.sample_noise(
-            jax.random.fold_in(jax.random.key(7), index), (q, 2), noise_config
-        ))
+        noise = np.asarray(
+            identify.sample_noise(
+                jax.random.fold_in(jax.random.key(7), index), (q, 2), noise_config
+            )
+        )
         codes = images[index].reshape(2) + noise
         is_flip = (codes[:, 0] > 0).astype(int) != labels[index]
         norms = np.sort(np.linalg.norm(noise[is_flip], axis=1))[:k]

@@ -12,11 +12,24 @@ TEST_CONFIG = "experiments/configs/mnist5k.py:test"
 
 
 def _run_binary(workdir, *flags, timeout=900):
-    command = [sys.executable, "-m", "experiments.run_defuse", f"--workdir={workdir}",
-               f"--config={TEST_CONFIG}", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.run_defuse",
+        f"--workdir={workdir}",
+        f"--config={TEST_CONFIG}",
+        *flags,
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _without_timings(report):
@@ -35,10 +48,28 @@ def test_binary_writes_every_output(finished_run):
     workdir, _ = finished_run
     with open(os.path.join(workdir, "report.json"), encoding="utf-8") as file:
         report = json.load(file)
-    for key in ("classifier_test_accuracy", "search", "distill", "regions", "annotation",
-                "correction", "config", "seed", "package_versions", "stage_seconds"):
+    for key in (
+        "classifier_test_accuracy",
+        "search",
+        "distill",
+        "regions",
+        "annotation",
+        "correction",
+        "config",
+        "seed",
+        "package_versions",
+        "stage_seconds",
+    ):
         assert key in report
-    for stage in ("classifier", "vae", "identify", "distill", "regions", "correct", "report"):
+    for stage in (
+        "classifier",
+        "vae",
+        "identify",
+        "distill",
+        "regions",
+        "correct",
+        "report",
+    ):
         assert stage in report["stage_seconds"]
     assert report["search"]["searched_images"] == 128
     assert report["search"]["note"].startswith("Only source images")
@@ -54,7 +85,15 @@ def test_binary_writes_every_output(finished_run):
 
 def test_binary_logs_each_stage(finished_run):
     _, result = finished_run
-    for stage in ("classifier", "vae", "identify", "distill", "regions", "correct", "report"):
+    for stage in (
+        "classifier",
+        "vae",
+        "identify",
+        "distill",
+        "regions",
+        "correct",
+        "report",
+    ):
         assert f"Stage {stage}: start." in result.stderr
         assert f"Stage {stage}: done in" in result.stderr
 
@@ -82,8 +121,10 @@ def test_rerun_reuses_outputs_and_matches(finished_run):
         ("--config.correct.lam=1.5", ["config.correct.lam=1.5", "[0, 1]"]),
         ("--config.correct.lam=-0.1", ["config.correct.lam=-0.1", "[0, 1]"]),
         ("--config.distill.truncation=0", ["config.distill.truncation=0", "[1, inf]"]),
-        ("--config.identify.num_perturbations=0",
-         ["config.identify.num_perturbations=0", "[1, inf]"]),
+        (
+            "--config.identify.num_perturbations=0",
+            ["config.identify.num_perturbations=0", "[1, inf]"],
+        ),
     ],
 )
 def test_bad_input_exits_before_training(tmp_path, flag, expected):

@@ -18,12 +18,18 @@ def test_gaussian_kl_matches_closed_form():
     # Per dimension: KL(N(m, s^2) || N(0, 1)) = -log s + (s^2 + m^2) / 2 - 1/2.
     closed_form = jnp.sum(-jnp.log(std) + (std**2 + mean**2) / 2 - 0.5)
     numpyro_kl = jnp.sum(kl_divergence(dist.Normal(mean, std), dist.Normal(0.0, 1.0)))
-    np.testing.assert_allclose(vae.gaussian_kl(mean, log_variance), closed_form, rtol=1e-6)
-    np.testing.assert_allclose(vae.gaussian_kl(mean, log_variance), numpyro_kl, rtol=1e-6)
+    np.testing.assert_allclose(
+        vae.gaussian_kl(mean, log_variance), closed_form, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        vae.gaussian_kl(mean, log_variance), numpyro_kl, rtol=1e-6
+    )
 
 
 def test_gaussian_kl_zero_at_prior():
-    assert float(vae.gaussian_kl(jnp.zeros(5), jnp.zeros(5))) == pytest.approx(0.0, abs=1e-7)
+    assert float(vae.gaussian_kl(jnp.zeros(5), jnp.zeros(5))) == pytest.approx(
+        0.0, abs=1e-7
+    )
 
 
 def test_kl_gradient_reaches_encoder_outputs():
@@ -39,7 +45,9 @@ def test_bernoulli_log_likelihood_matches_direct_formula():
     image = jnp.array([[0.0, 1.0], [0.25, 1.0]])
     p = jax.nn.sigmoid(logits)
     direct = jnp.sum(image * jnp.log(p) + (1 - image) * jnp.log(1 - p))
-    np.testing.assert_allclose(vae.bernoulli_log_likelihood(logits, image), direct, rtol=1e-5)
+    np.testing.assert_allclose(
+        vae.bernoulli_log_likelihood(logits, image), direct, rtol=1e-5
+    )
 
 
 def test_gaussian_log_likelihood_matches_numpyro():
@@ -54,7 +62,9 @@ def test_gaussian_log_likelihood_matches_numpyro():
 def test_unknown_likelihood_raises():
     model = models.VAE((8, 8, 1), latent_dim=2)
     with pytest.raises(ValueError, match="Unknown VAE likelihood 'poisson'"):
-        vae.create_state(model, jax.random.key(0), learning_rate=1e-3, likelihood="poisson")
+        vae.create_state(
+            model, jax.random.key(0), learning_rate=1e-3, likelihood="poisson"
+        )
 
 
 def test_train_step_compiles_once_and_improves_elbo():
@@ -62,10 +72,18 @@ def test_train_step_compiles_once_and_improves_elbo():
     model = models.VAE((8, 8, 1), latent_dim=3)
     initial = vae.create_state(model, jax.random.key(0), learning_rate=3e-3)
     step = jax.jit(chex.assert_max_traces(vae._train_step, n=1))
-    images = np.asarray(jax.random.uniform(jax.random.key(1), (64, 8, 8, 1)) > 0.5, np.float32)
+    images = np.asarray(
+        jax.random.uniform(jax.random.key(1), (64, 8, 8, 1)) > 0.5, np.float32
+    )
     state = training.train_loop(
-        initial, step, (images,), key=jax.random.key(2), num_steps=60, batch_size=16,
-        name="vae_test", log_every=20,
+        initial,
+        step,
+        (images,),
+        key=jax.random.key(2),
+        num_steps=60,
+        batch_size=16,
+        name="vae_test",
+        log_every=20,
     )
     _, first = step(initial, (images[:16],), jax.random.key(3))
     _, last = step(state, (images[:16],), jax.random.key(3))

@@ -81,7 +81,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.correct = ml_collections.ConfigDict()
     # lambda: loss = (1 - lam) * CE(original batch) + lam * CE(region batch).
-    config.correct.lam = 0.2
+    config.correct.lam = 0.1
     config.correct.num_steps = 300
     config.correct.batch_size = 64
     config.correct.extra_batch_size = 64
