@@ -75,12 +75,19 @@ class _Run:
     durations: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        logging.info("Stage %s: start.", name)
+    def stage(self, name: str, inputs: str = "") -> Iterator[dict[str, str]]:
+        """Log the start and end of a stage and record its duration.
+
+        The stage may set `summary["output"]` to a description of its outputs, which the
+        end line repeats.
+        """
+        logging.info("Stage %s: start%s.", name, f" ({inputs})" if inputs else "")
         start = time.perf_counter()
-        yield
+        summary: dict[str, str] = {}
+        yield summary
         self.durations[name] = round(time.perf_counter() - start, 3)
-        logging.info("Stage %s: done in %.1f s.", name, self.durations[name])
+        output = f" ({summary['output']})" if "output" in summary else ""
+        logging.info("Stage %s: done in %.1f s%s.", name, self.durations[name], output)
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
@@ -157,7 +164,8 @@ def _run_stages(
     data_fingerprint = fingerprint(config.dataset, config.seed)
 
     # Classifier: the model under audit.
-    with run_state.stage("classifier"):
+    num_train = len(dataset.train_images)
+    with run_state.stage("classifier", f"{num_train} train images") as summary:
         clf_fingerprint = fingerprint(data_fingerprint, config.classifier)
         classifier_params = _train_classifier(run_state, cnn, clf_fingerprint)
         test_accuracy = classifier.accuracy(
@@ -166,15 +174,15 @@ def _run_stages(
             dataset.test_images,
             dataset.test_labels,
         )
-        logging.info("Classifier test accuracy %.4f.", test_accuracy)
+        summary["output"] = f"test accuracy {test_accuracy:.4f}"
 
     # VAE: the generator whose latent space is searched.
-    with run_state.stage("vae"):
+    with run_state.stage("vae", f"{num_train} train images"):
         vae_fingerprint = fingerprint(data_fingerprint, config.vae)
         generator_params = _train_vae(run_state, vae_model, vae_fingerprint)
 
     # Identification: perturb codes of correctly classified images, keep the flips.
-    with run_state.stage("identify"):
+    with run_state.stage("identify") as summary:
         search_fingerprint = fingerprint(
             clf_fingerprint, vae_fingerprint, config.identify
         )
@@ -182,6 +190,10 @@ def _run_stages(
             run_state, generator_params, classifier_params, search_fingerprint
         )
         flips = search.pop("flips")
+        summary["output"] = (
+            f"{flips.size} flips from {search['images_with_flips']} of "
+            f"{search['searched_images']} searched images"
+        )
 
     outputs: dict[str, Any] = {
         "classifier_test_accuracy": test_accuracy,

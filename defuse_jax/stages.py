@@ -48,7 +48,7 @@ def distill_correct_report(
         )
 
     # Distillation: a Dirichlet-process Gaussian mixture over the flips' codes.
-    with run.stage("distill"):
+    with run.stage("distill", f"{flips.size} codes") as summary:
         distill_fingerprint = fingerprint(search_fingerprint, config.distill)
         mixture_arrays = workdir_lib.cached_arrays(
             run.workdir,
@@ -65,7 +65,7 @@ def distill_correct_report(
         }
 
     # Regions: statistics of the kept components from fresh samples.
-    with run.stage("regions"):
+    with run.stage("regions") as summary:
         regions_fingerprint = fingerprint(distill_fingerprint, config.regions)
         regions = regions_lib.Regions(
             **workdir_lib.cached_arrays(
@@ -77,6 +77,7 @@ def distill_correct_report(
                 )._asdict(),
             )
         )
+        summary["output"] = f"{regions.size} regions"
     if regions.size == 0:
         message = (
             f"No mixture component reached distill.min_weight={config.distill.min_weight} "
@@ -95,7 +96,7 @@ def distill_correct_report(
         )
 
     # Annotation: one label per region, or a rejection.
-    with run.stage("annotate"):
+    with run.stage("annotate", f"{regions.size} regions") as summary:
         annotator = annotate.get_annotator(config.annotate.annotator)
         annotation = annotator(regions, flips, mixture_arrays["assignments"])
         outputs["annotation"] = {
@@ -104,10 +105,14 @@ def distill_correct_report(
             "accepted": int(annotation.accepted.sum()),
             "rejected": int((~annotation.accepted).sum()),
         }
+        summary["output"] = (
+            f"{outputs['annotation']['accepted']} labelled, "
+            f"{outputs['annotation']['rejected']} rejected by {annotation.source}"
+        )
 
     # Correction: lambda-mixed fine-tuning from the audited params, and the baseline.
     if annotation.accepted.any():
-        with run.stage("correct"):
+        with run.stage("correct", f"lambda {config.correct.lam}") as summary:
             correct_fingerprint = fingerprint(
                 regions_fingerprint,
                 config.annotate,
@@ -122,6 +127,15 @@ def distill_correct_report(
                 classifier_params,
                 generator_params,
                 correct_fingerprint,
+            )
+            result = outputs["correction"]
+            summary["output"] = (
+                "test accuracy {:.4f} -> {:.4f}, region test accuracy {:.4f} -> {:.4f}".format(
+                    result["before"]["test_accuracy"],
+                    result["defuse"]["test_accuracy"],
+                    result["before"]["region_test_accuracy"],
+                    result["defuse"]["region_test_accuracy"],
+                )
             )
     else:
         message = "The annotator rejected every region; no correction."

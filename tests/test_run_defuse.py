@@ -94,7 +94,7 @@ def test_binary_logs_each_stage(finished_run):
         "correct",
         "report",
     ):
-        assert f"Stage {stage}: start." in result.stderr
+        assert f"Stage {stage}: start" in result.stderr
         assert f"Stage {stage}: done in" in result.stderr
 
 
