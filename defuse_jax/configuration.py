@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 import ml_collections
 
+from defuse_jax.annotate import ANNOTATORS
 from defuse_jax.identify import NOISE_TYPES
 from defuse_jax.vae import LIKELIHOODS
 
@@ -40,6 +42,8 @@ def _check_range(
         raise InputError(f"config.{field} must be an integer, got {value!r}.")
     if not integer and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise InputError(f"config.{field} must be a number, got {value!r}.")
+    if not math.isfinite(value):
+        raise InputError(f"config.{field}={value!r} must be a finite number.")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and value > high
     if too_low or too_high:
@@ -83,6 +87,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"config is missing the fields {missing}; start from experiments/configs/mnist5k.py."
         )
     _check_range(config, "seed", 0, None, integer=True)
+    _check_range(config, "dataset.split_seed", 0, None, integer=True)
     for model in ("classifier", "vae"):
         _check_range(config, f"{model}.num_epochs", 0, None, low_open=True)
         _check_range(config, f"{model}.batch_size", 1, None, integer=True)
@@ -124,6 +129,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_range(config, "distill.min_weight", 0, 1)
     _check_range(config, "distill.min_region_size", 1, None, integer=True)
 
+    _check_choice(config, "annotate.annotator", tuple(sorted(ANNOTATORS)))
     _check_range(config, "regions.tau", 0, None, low_open=True)
     _check_range(config, "regions.num_samples", 1, None, integer=True)
 
@@ -136,6 +142,40 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
     _check_range(config, "report.samples_per_region", 1, None, integer=True)
     _check_range(config, "report.num_flip_examples", 1, None, integer=True)
+
+
+def validate_against_dataset(config: ml_collections.ConfigDict, dataset: Any) -> None:
+    """Raise InputError when config values do not fit the loaded dataset."""
+    if dataset.train_images.shape[1:] != dataset.test_images.shape[1:]:
+        raise InputError(
+            f"Dataset {dataset.name!r} has train images of shape "
+            f"{dataset.train_images.shape[1:]} but test images of shape "
+            f"{dataset.test_images.shape[1:]}; both splits need the same image shape."
+        )
+    num_train = len(dataset.train_images)
+    for field in ("classifier.batch_size", "vae.batch_size", "correct.batch_size"):
+        section, name = field.split(".")
+        if config[section][name] > num_train:
+            raise InputError(
+                f"config.{field}={config[section][name]} is larger than the "
+                f"{num_train} training images of {dataset.name!r}; set it to at most "
+                f"{num_train}."
+            )
+
+
+def dataset_digest(dataset: Any) -> str:
+    """Return a short hash of a dataset's arrays, so changed data invalidates stages."""
+    digest = hashlib.sha256()
+    for array in (
+        dataset.train_images,
+        dataset.train_labels,
+        dataset.test_images,
+        dataset.test_labels,
+    ):
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    digest.update(json.dumps(list(dataset.class_names)).encode())
+    return digest.hexdigest()[:16]
 
 
 def fingerprint(*parts: Any) -> str:

@@ -222,7 +222,9 @@ def identify(
     """Stream the search over `images` in fixed-shape batches and collect the flips.
 
     Host memory grows only with the kept flips; device memory is bounded by one batch
-    of B x Q decoded images.
+    of B x Q decoded images. Every given image is searched: pass only images the
+    classifier labels correctly (the pipeline does), or a misclassified source yields
+    "flips" that merely repeat the classifier's existing error.
 
     Args:
         generator_params: VAE params.
@@ -243,6 +245,11 @@ def identify(
         The Flips of all images, ordered by source index, then noise norm.
     """
     num_images = len(images)
+    if len(labels) != num_images:
+        raise ValueError(
+            f"identify got {num_images} images but {len(labels)} labels; pass one label "
+            "per image."
+        )
     if source_indices is None:
         source_indices = np.arange(num_images, dtype=np.int32)
     search_fn = make_search_fn(

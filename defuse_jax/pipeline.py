@@ -124,7 +124,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             are invalid. Raised before any training starts.
     """
     configuration.validate_config(config)
+    if not workdir:
+        raise InputError("--workdir is empty; pass a folder for the run's outputs.")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise InputError(f"--workdir={workdir!r} is a file; pass a folder instead.")
     dataset = load_dataset(config)
+    configuration.validate_against_dataset(config, dataset)
     os.makedirs(workdir, exist_ok=True)
     report.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     root_key = jax.random.key(config.seed)
@@ -139,7 +144,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         dataset=dataset,
         workdir=workdir,
         keys={name: jax.random.fold_in(root_key, i) for name, i in _KEY_IDS.items()},
-        writer=training.MetricWriter(os.path.join(workdir, "metrics")),
+        # One metrics folder per invocation, so reruns never interleave their series.
+        writer=training.MetricWriter(
+            os.path.join(workdir, "metrics", time.strftime("%Y%m%d-%H%M%S"))
+        ),
         apply_fn=classifier.make_apply_fn(cnn),
         generator=vae.make_generator(vae_model),
     )
@@ -161,7 +169,9 @@ def _run_stages(
     run_state: _Run, cnn: models.CNN, vae_model: models.VAE
 ) -> dict[str, Any]:
     config, dataset = run_state.config, run_state.dataset
-    data_fingerprint = fingerprint(config.dataset, config.seed)
+    data_fingerprint = fingerprint(
+        config.dataset, config.seed, configuration.dataset_digest(dataset)
+    )
 
     # Classifier: the model under audit.
     num_train = len(dataset.train_images)

@@ -8,6 +8,7 @@ stage and everything after it.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
@@ -22,6 +23,14 @@ from defuse_jax.identify import Flips
 
 if TYPE_CHECKING:
     from defuse_jax.pipeline import _Run
+
+# Workdir outputs of the correction stage, relative to the workdir.
+_CORRECTION_OUTPUTS = (
+    "checkpoints/corrected",
+    "checkpoints/corrected.json",
+    "checkpoints/baseline",
+    "checkpoints/baseline.json",
+)
 
 
 def distill_correct_report(
@@ -43,6 +52,9 @@ def distill_correct_report(
         )
         logging.warning(message)
         outputs["notes"].append(message)
+        workdir_lib.remove_stale(
+            run.workdir, ["mixture.npz", "regions.npz", *_CORRECTION_OUTPUTS]
+        )
         return _write_report(
             run, outputs, flips, None, None, generator_params, classifier_params
         )
@@ -85,6 +97,7 @@ def distill_correct_report(
         )
         logging.warning(message)
         outputs["notes"].append(message)
+        workdir_lib.remove_stale(run.workdir, list(_CORRECTION_OUTPUTS))
         return _write_report(
             run,
             outputs,
@@ -141,6 +154,7 @@ def distill_correct_report(
         message = "The annotator rejected every region; no correction."
         logging.warning(message)
         outputs["notes"].append(message)
+        workdir_lib.remove_stale(run.workdir, list(_CORRECTION_OUTPUTS))
     return _write_report(
         run,
         outputs,
@@ -355,9 +369,14 @@ def _write_report(
     classifier_params: Any,
     annotation: annotate.Annotation | None = None,
 ) -> dict[str, Any]:
-    with run.stage("report"):
+    with run.stage("report") as summary:
         names = run.dataset.class_names
         config = run.config.report
+        # The report redraws every image, so grids from an earlier config (more regions,
+        # or flips where there are none now) are deleted instead of left to look current.
+        shutil.rmtree(os.path.join(run.workdir, "regions"), ignore_errors=True)
+        if os.path.exists(os.path.join(run.workdir, "flips.png")):
+            os.remove(os.path.join(run.workdir, "flips.png"))
         if flips.size:
             rng = np.random.default_rng(run.config.seed)
             rows = np.sort(
@@ -438,6 +457,7 @@ def _write_report(
             "num_classes": run.dataset.num_classes,
             "image_shape": list(run.dataset.image_shape),
         }
+        summary["output"] = f"{len(region_records)} region grids"
     outputs["stage_seconds"] = dict(run.durations)
     outputs["package_versions"] = workdir_lib.package_versions()
     report.write_json(os.path.join(run.workdir, "report.json"), outputs)

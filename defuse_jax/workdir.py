@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import shutil
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -53,6 +54,23 @@ def read_fingerprint(path: str) -> str | None:
             return json.load(file).get("fingerprint")
     except (OSError, ValueError):
         return None
+
+
+def remove_stale(workdir: str, relative_paths: list[str]) -> None:
+    """Delete outputs of earlier runs that the current config does not produce.
+
+    Without this, a run that stops early (no flips, no regions) would leave files from an
+    older config next to its report, where they would read as current.
+    """
+    for relative in relative_paths:
+        path = os.path.join(workdir, relative)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        else:
+            continue
+        logging.info("Removed %s: the current config does not produce it.", path)
 
 
 def cached_params(

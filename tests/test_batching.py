@@ -1,11 +1,14 @@
-"""Tests of fixed-shape batching and the shared training loop."""
+"""Tests of fixed-shape batching, the shared training loop and atomic writes."""
+
+import os
+import stat
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from defuse_jax import batching, training
+from defuse_jax import batching, report, training
 
 
 def test_padded_batches_cover_rows_once():
@@ -70,3 +73,11 @@ def test_params_checkpoint_round_trip(tmp_path):
     training.save_params(str(tmp_path / "params"), params)
     restored = training.restore_params(str(tmp_path / "params"), params)
     jax.tree.map(np.testing.assert_array_equal, restored, params)
+
+
+def test_atomic_write_uses_umask_permissions(tmp_path):
+    path = tmp_path / "out.json"
+    report.write_json(str(path), {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

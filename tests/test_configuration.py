@@ -1,8 +1,9 @@
 """Tests of config validation and fingerprints."""
 
+import numpy as np
 import pytest
 
-from defuse_jax import configuration
+from defuse_jax import configuration, data
 from experiments.configs import mnist5k
 
 
@@ -26,6 +27,9 @@ def test_shipped_configs_are_valid(variant):
         ("identify.noise", "cauchy", "use one of gaussian, beta"),
         ("distill.covariance_type", "tied", "use one of diag, full"),
         ("classifier.features", (16, 0), "positive integers"),
+        ("correct.lam", float("nan"), "config.correct.lam=nan must be a finite number"),
+        ("annotate.annotator", "crowd", "use one of majority_source"),
+        ("dataset.split_seed", -1, r"split_seed=-1 .* \[0, inf\]"),
     ],
 )
 def test_bad_values_raise_input_error(field, value, message):
@@ -48,3 +52,36 @@ def test_fingerprint_changes_with_config():
     assert first == configuration.fingerprint(mnist5k.get_config().vae)
     config.vae.beta = 2.0
     assert configuration.fingerprint(config.vae) != first
+
+
+def _tiny_dataset(num_train=8, test_shape=(4, 4, 1)):
+    return data.Dataset(
+        name="tiny",
+        train_images=np.zeros((num_train, 4, 4, 1), np.float32),
+        train_labels=np.zeros(num_train, np.int32),
+        test_images=np.zeros((3, *test_shape), np.float32),
+        test_labels=np.zeros(3, np.int32),
+        num_classes=2,
+        class_names=("a", "b"),
+    )
+
+
+def test_batch_size_above_train_size_raises():
+    with pytest.raises(
+        configuration.InputError, match="classifier.batch_size=128 is larger"
+    ):
+        configuration.validate_against_dataset(mnist5k.get_config(), _tiny_dataset())
+
+
+def test_split_shape_mismatch_raises():
+    config = mnist5k.get_config()
+    dataset = _tiny_dataset(num_train=500, test_shape=(2, 2, 1))
+    with pytest.raises(configuration.InputError, match="same image shape"):
+        configuration.validate_against_dataset(config, dataset)
+
+
+def test_dataset_digest_changes_with_data():
+    dataset = _tiny_dataset()
+    first = configuration.dataset_digest(dataset)
+    dataset.train_images[0, 0, 0, 0] = 1.0
+    assert configuration.dataset_digest(dataset) != first

@@ -121,6 +121,11 @@ def test_rerun_reuses_outputs_and_matches(finished_run):
         ("--config.correct.lam=1.5", ["config.correct.lam=1.5", "[0, 1]"]),
         ("--config.correct.lam=-0.1", ["config.correct.lam=-0.1", "[0, 1]"]),
         ("--config.distill.truncation=0", ["config.distill.truncation=0", "[1, inf]"]),
+        ("--config.correct.lam=nan", ["config.correct.lam=nan", "finite"]),
+        (
+            "--config.classifier.batch_size=5000",
+            ["classifier.batch_size=5000", "at most 4000"],
+        ),
         (
             "--config.identify.num_perturbations=0",
             ["config.identify.num_perturbations=0", "[1, inf]"],
