@@ -146,7 +146,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         keys={name: jax.random.fold_in(root_key, i) for name, i in _KEY_IDS.items()},
         # One metrics folder per invocation, so reruns never interleave their series.
         writer=training.MetricWriter(
-            os.path.join(workdir, "metrics", time.strftime("%Y%m%d-%H%M%S"))
+            os.path.join(
+                workdir, "metrics", f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            )
         ),
         apply_fn=classifier.make_apply_fn(cnn),
         generator=vae.make_generator(vae_model),

@@ -1,5 +1,6 @@
 """End-to-end tests of the experiments.run_defuse binary, run as a subprocess."""
 
+import glob
 import json
 import os
 import subprocess
@@ -80,7 +81,9 @@ def test_binary_writes_every_output(finished_run):
     for name in ("before", "defuse", "finetune_on_flips_baseline"):
         assert 0.0 <= report["correction"][name]["test_accuracy"] <= 1.0
         assert 0.0 <= report["correction"][name]["region_test_accuracy"] <= 1.0
-    assert os.path.exists(os.path.join(workdir, "metrics", "metrics.jsonl"))
+    metric_files = glob.glob(os.path.join(workdir, "metrics", "*", "metrics.jsonl"))
+    assert len(metric_files) == 1
+    assert os.path.getsize(metric_files[0]) > 0
 
 
 def test_binary_logs_each_stage(finished_run):
