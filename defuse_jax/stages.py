@@ -75,6 +75,10 @@ def distill_correct_report(
             "weights": mixture_arrays["weights"],
             "num_regions": len(mixture_arrays["selected"]),
         }
+        summary["output"] = (
+            f"{int(np.sum(mixture_arrays['weights'] >= 0.01))} components with weight "
+            f">= 0.01, {len(mixture_arrays['selected'])} kept as regions"
+        )
 
     # Regions: statistics of the kept components from fresh samples.
     with run.stage("regions") as summary:
