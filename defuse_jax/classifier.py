@@ -81,7 +81,7 @@ def create_state(
 def _train_step(
     state: train_state.TrainState, batch: tuple[jax.Array, ...], key: jax.Array
 ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
-    """One optimiser step on the cross-entropy of `(images [B, ...], labels [B])`.
+    """Take one optimiser step on the cross-entropy of `(images [B, ...], labels [B])`.
 
     `key` is unused by the deterministic CNN and kept for the common step signature.
     """

@@ -50,11 +50,7 @@ def distill_correct_report(
             "mixture; no regions and no correction. Raise identify.noise_scale or "
             "identify.num_perturbations to search further."
         )
-        logging.warning(message)
-        outputs["notes"].append(message)
-        workdir_lib.remove_stale(
-            run.workdir, ["mixture.npz", "regions.npz", *_CORRECTION_OUTPUTS]
-        )
+        _skip_correction(run, outputs, message, ["mixture.npz", "regions.npz"])
         return _write_report(
             run, outputs, flips, None, None, generator_params, classifier_params
         )
@@ -99,9 +95,7 @@ def distill_correct_report(
             f"No mixture component reached distill.min_weight={config.distill.min_weight} "
             f"and distill.min_region_size={config.distill.min_region_size}; no correction."
         )
-        logging.warning(message)
-        outputs["notes"].append(message)
-        workdir_lib.remove_stale(run.workdir, list(_CORRECTION_OUTPUTS))
+        _skip_correction(run, outputs, message)
         return _write_report(
             run,
             outputs,
@@ -156,9 +150,7 @@ def distill_correct_report(
             )
     else:
         message = "The annotator rejected every region; no correction."
-        logging.warning(message)
-        outputs["notes"].append(message)
-        workdir_lib.remove_stale(run.workdir, list(_CORRECTION_OUTPUTS))
+        _skip_correction(run, outputs, message)
     return _write_report(
         run,
         outputs,
@@ -169,6 +161,18 @@ def distill_correct_report(
         classifier_params,
         annotation,
     )
+
+
+def _skip_correction(
+    run: _Run,
+    outputs: dict[str, Any],
+    message: str,
+    extra_stale: list[str] | None = None,
+) -> None:
+    """Record why correction does not run, and delete correction outputs of older runs."""
+    logging.warning(message)
+    outputs["notes"].append(message)
+    workdir_lib.remove_stale(run.workdir, [*(extra_stale or []), *_CORRECTION_OUTPUTS])
 
 
 def _fit_mixture(run: _Run, flips: Flips) -> dict[str, np.ndarray]:

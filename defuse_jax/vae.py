@@ -122,7 +122,7 @@ def create_state(
 def _train_step(
     state: VaeTrainState, batch: tuple[jax.Array, ...], key: jax.Array
 ) -> tuple[VaeTrainState, dict[str, jax.Array]]:
-    """One Adam step on the negative ELBO of a batch `(images [B, H, W, C],)`."""
+    """Take one Adam step on the negative ELBO of a batch `(images [B, H, W, C],)`."""
     images = batch[0]
 
     def loss_fn(params):

@@ -65,8 +65,8 @@ def test_cross_entropy_weights_ignore_padding():
 
 
 def test_fine_tune_learns_extra_labels():
-    # Original data: class = sign of pixel 0. Extra pool: a small patch of inputs the
-    # starting model gets wrong, whose annotated label is 2.
+    # Original data: class 1 where pixel 0 exceeds 0.5, else class 0. Extra pool: a small
+    # patch of inputs that the starting model gets wrong, annotated with label 2.
     model = models.CNN(num_classes=3, features=(4,), hidden_dim=8)
     apply_fn = classifier.make_apply_fn(model)
     rng = np.random.default_rng(0)
@@ -79,6 +79,7 @@ def test_fine_tune_learns_extra_labels():
         jnp.full((16, 2, 2, 1), 0.95) - jnp.linspace(0, 0.05, 16)[:, None, None, None]
     )
     extra_labels = jnp.full((16,), 2, jnp.int32)
+
     before = classifier.accuracy(
         apply_fn, state.params, np.asarray(extra_images), np.asarray(extra_labels)
     )
@@ -96,6 +97,7 @@ def test_fine_tune_learns_extra_labels():
         learning_rate=1e-2,
         name="fine_tune_test",
     )
+
     after = classifier.accuracy(
         apply_fn, params, np.asarray(extra_images), np.asarray(extra_labels)
     )

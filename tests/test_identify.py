@@ -1,8 +1,8 @@
 """Tests of the latent search, on a toy generator and classifier with known results.
 
 The toy generator encodes a [1, 1, 2] image to its two pixel values and decodes a code
-back to pixels; the toy classifier predicts class 1 exactly when the first pixel is
-positive. So a flip happens exactly when the noise moves the first code coordinate
+back to pixels. The toy classifier predicts class 1 exactly when the first pixel is
+positive, so a flip happens exactly when the noise moves the first code coordinate
 across 0.
 """
 

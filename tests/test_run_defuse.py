@@ -10,6 +10,7 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = "experiments/configs/mnist5k.py:test"
+STAGES = ("classifier", "vae", "identify", "distill", "regions", "correct", "report")
 
 
 def _run_binary(workdir, *flags, timeout=900):
@@ -33,6 +34,11 @@ def _run_binary(workdir, *flags, timeout=900):
     )
 
 
+def _read_report(workdir):
+    with open(os.path.join(workdir, "report.json"), encoding="utf-8") as file:
+        return json.load(file)
+
+
 def _without_timings(report):
     return {k: v for k, v in report.items() if k != "stage_seconds"}
 
@@ -47,8 +53,8 @@ def finished_run(tmp_path_factory):
 
 def test_binary_writes_every_output(finished_run):
     workdir, _ = finished_run
-    with open(os.path.join(workdir, "report.json"), encoding="utf-8") as file:
-        report = json.load(file)
+    report = _read_report(workdir)
+
     for key in (
         "classifier_test_accuracy",
         "search",
@@ -62,25 +68,20 @@ def test_binary_writes_every_output(finished_run):
         "stage_seconds",
     ):
         assert key in report
-    for stage in (
-        "classifier",
-        "vae",
-        "identify",
-        "distill",
-        "regions",
-        "correct",
-        "report",
-    ):
+    for stage in STAGES:
         assert stage in report["stage_seconds"]
+
     assert report["search"]["searched_images"] == 128
     assert report["search"]["note"].startswith("Only source images")
     assert os.path.getsize(os.path.join(workdir, "flips.png")) > 1000
     assert report["regions"], "the test config should find at least one region"
     for region in report["regions"]:
         assert os.path.getsize(os.path.join(workdir, region["grid"])) > 1000
+
     for name in ("before", "defuse", "finetune_on_flips_baseline"):
         assert 0.0 <= report["correction"][name]["test_accuracy"] <= 1.0
         assert 0.0 <= report["correction"][name]["region_test_accuracy"] <= 1.0
+
     metric_files = glob.glob(os.path.join(workdir, "metrics", "*", "metrics.jsonl"))
     assert len(metric_files) == 1
     assert os.path.getsize(metric_files[0]) > 0
@@ -88,32 +89,46 @@ def test_binary_writes_every_output(finished_run):
 
 def test_binary_logs_each_stage(finished_run):
     _, result = finished_run
-    for stage in (
-        "classifier",
-        "vae",
-        "identify",
-        "distill",
-        "regions",
-        "correct",
-        "report",
-    ):
+    for stage in STAGES:
         assert f"Stage {stage}: start" in result.stderr
         assert f"Stage {stage}: done in" in result.stderr
 
 
 def test_rerun_reuses_outputs_and_matches(finished_run):
     workdir, _ = finished_run
-    with open(os.path.join(workdir, "report.json"), encoding="utf-8") as file:
-        first = json.load(file)
+    first = _read_report(workdir)
+
     result = _run_binary(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Reusing classifier params" in result.stderr
     assert "Reusing vae params" in result.stderr
     assert "flips.npz" in result.stderr
     assert "classifier: training" not in result.stderr
-    with open(os.path.join(workdir, "report.json"), encoding="utf-8") as file:
-        second = json.load(file)
+
+    second = _read_report(workdir)
     assert _without_timings(second) == _without_timings(first)
+
+
+def test_no_flips_removes_stale_outputs(finished_run):
+    # Runs last on the shared workdir because it replaces that run's outputs.
+    workdir, _ = finished_run
+    result = _run_binary(workdir, "--config.identify.noise_scale=0.0001")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    report = _read_report(workdir)
+    assert report["search"]["num_flips"] == 0
+    assert "fewer than the 2 needed" in report["notes"][0]
+    assert report["regions"] == []
+    assert "correction" not in report
+    for stale in (
+        "mixture.npz",
+        "regions.npz",
+        "flips.png",
+        "regions",
+        "checkpoints/corrected",
+        "checkpoints/baseline",
+    ):
+        assert not os.path.exists(os.path.join(workdir, stale)), stale
 
 
 @pytest.mark.parametrize(
