@@ -50,6 +50,19 @@ def majority_source_annotator(
 ANNOTATORS: dict[str, Annotator] = {"majority_source": majority_source_annotator}
 
 
+def reject_mixed(
+    annotation: Annotation, regions: Regions, min_source_purity: float
+) -> Annotation:
+    """Reject every region whose members share a source label less than `min_source_purity`.
+
+    A region that mixes many source classes has no single correct label, so a person
+    asked to name one would decline it.
+    """
+    mixed = np.asarray(regions.source_purity) < min_source_purity
+    label = np.where(mixed, REJECTED, annotation.label).astype(np.int32)
+    return annotation._replace(label=label)
+
+
 def get_annotator(name: str) -> Annotator:
     """Return the annotator registered under `name`."""
     try:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 
 from defuse_jax.annotate import ANNOTATORS
 from defuse_jax.identify import NOISE_TYPES
@@ -80,6 +83,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "annotate",
         "correct",
         "report",
+        "checkpoint",
     )
     missing = [name for name in required if name not in config]
     if missing:
@@ -130,6 +134,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_range(config, "distill.min_region_size", 1, None, integer=True)
 
     _check_choice(config, "annotate.annotator", tuple(sorted(ANNOTATORS)))
+    _check_range(config, "annotate.min_source_purity", 0, 1)
     _check_range(config, "regions.tau", 0, None, low_open=True)
     _check_range(config, "regions.num_samples", 1, None, integer=True)
 
@@ -142,6 +147,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
     _check_range(config, "report.samples_per_region", 1, None, integer=True)
     _check_range(config, "report.num_flip_examples", 1, None, integer=True)
+
+    _check_range(config, "checkpoint.every_steps", 0, None, integer=True)
+    _check_range(config, "checkpoint.identify_every_batches", 0, None, integer=True)
 
 
 def validate_against_dataset(config: ml_collections.ConfigDict, dataset: Any) -> None:
@@ -161,6 +169,53 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: Any) ->
                 f"{num_train} training images of {dataset.name!r}; set it to at most "
                 f"{num_train}."
             )
+
+
+def check_classifier(
+    apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, dataset: Any
+) -> None:
+    """Raise InputError unless `apply_fn(params, images)` gives finite float logits.
+
+    The check runs once, on the first two training images, before any long work.
+    """
+    images = jax.numpy.asarray(dataset.train_images[:2])
+    expected = (len(images), dataset.num_classes)
+    try:
+        logits = apply_fn(params, images)
+    except Exception as error:  # Any failure of user code is reported as bad input.
+        raise InputError(
+            f"The classifier's apply_fn failed on a batch of images of shape "
+            f"{images.shape} (float32 in [0, 1], NHWC): {type(error).__name__}: {error}"
+        ) from error
+    shape = getattr(logits, "shape", None)
+    dtype = getattr(logits, "dtype", None)
+    if shape != expected:
+        raise InputError(
+            f"The classifier returned logits of shape {shape} for {len(images)} images; "
+            f"expected {expected}, one logit per class of {dataset.name!r}. Make "
+            "apply_fn(params, images) return [batch, num_classes] logits."
+        )
+    if dtype is None or not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+        raise InputError(
+            f"The classifier returned logits of dtype {dtype}; expected a floating "
+            "dtype such as float32. Return logits, not predicted labels."
+        )
+    if not np.all(np.isfinite(np.asarray(logits))):
+        raise InputError(
+            "The classifier returned non-finite logits on the first training images; "
+            "check its params."
+        )
+
+
+def params_digest(params: Any) -> str:
+    """Return a short hash of a params pytree: its paths, shapes, dtypes and values."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        array = np.asarray(leaf)
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def dataset_digest(dataset: Any) -> str:

@@ -136,6 +136,8 @@ def fine_tune(
     learning_rate: float,
     name: str,
     writer: training.MetricWriter | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
 ) -> Any:
     """Fine-tune from `classifier_params` with the lambda-mixed loss; return new params.
 
@@ -153,6 +155,8 @@ def fine_tune(
         learning_rate: Initial Adam learning rate; it follows a cosine decay to 0.
         name: Name for logs and metrics.
         writer: Metric writer.
+        checkpoint_dir: Folder for progress checkpoints to resume from, or None.
+        checkpoint_every: Steps between progress checkpoints; 0 saves none.
     """
     schedule = optax.cosine_decay_schedule(learning_rate, num_steps)
     state = train_state.TrainState.create(
@@ -169,5 +173,7 @@ def fine_tune(
         name=name,
         writer=writer,
         log_every=max(num_steps // 4, 1),
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
     )
     return state.params

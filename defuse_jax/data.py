@@ -8,6 +8,9 @@
   same way.
 * ``"idx:DIR"``: MNIST-format IDX files in the folder DIR, such as MNIST or
   Fashion-MNIST, with the train/test split of the files themselves.
+* ``"npz:FILE"``: your own arrays in a NumPy .npz file: ``train_images``,
+  ``train_labels``, ``test_images`` and ``test_labels``, and optionally
+  ``class_names``. Images are [N, H, W, C], float in [0, 1] or uint8.
 
 Every split contains float32 images in [0, 1] in NHWC layout and int32 labels.
 """
@@ -18,6 +21,7 @@ import functools
 import gzip
 import math
 import pathlib
+import zipfile
 import zlib
 from typing import Any, NamedTuple
 
@@ -26,7 +30,8 @@ from absl import logging
 from sklearn import datasets as sklearn_datasets
 from sklearn import model_selection
 
-ALLOWED_NAME_FORMS = ('"mnist5k"', '"digits"', '"idx:DIR"')
+ALLOWED_NAME_FORMS = ('"mnist5k"', '"digits"', '"idx:DIR"', '"npz:FILE"')
+NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 # IDX file names used by MNIST and Fashion-MNIST. Each may also carry a ".gz" suffix.
 IDX_TRAIN_IMAGES = "train-images-idx3-ubyte"
@@ -93,12 +98,12 @@ def load_dataset(
     """Load a dataset by name and check both of its splits.
 
     Args:
-      name: "mnist5k", "digits" or "idx:DIR", where DIR is a folder with the
-        four MNIST-format IDX files.
+      name: "mnist5k", "digits", "idx:DIR", where DIR is a folder with the
+        four MNIST-format IDX files, or "npz:FILE" (see the module docstring).
       test_size: Size of the test split for "mnist5k" and "digits": an int
         number of examples, or a float fraction in (0, 1). The test split must
         hold at least one example per class, and so must the train split.
-        Ignored for "idx:DIR", which keeps the split of its files.
+        Ignored for "idx:DIR" and "npz:FILE", which keep their own split.
       split_seed: Seed of the stratified train/test split. The same seed gives
         the same split.
 
@@ -106,6 +111,7 @@ def load_dataset(
       The dataset. Images are float32 in [0, 1] with shape [N, H, W, C]:
       [N, 28, 28, 1] for "mnist5k", [N, 8, 8, 1] for "digits" and
       [N, rows, cols, 1] for "idx:DIR". Labels are int32 with shape [N].
+      For "npz:FILE" the classes are its class_names, or 0 to the largest label.
 
     Raises:
       TypeError: If `test_size` is not an int or a float.
@@ -118,6 +124,8 @@ def load_dataset(
         dataset = _load_digits(test_size=test_size, split_seed=split_seed)
     elif name.startswith("idx:"):
         dataset = _load_idx(name)
+    elif name.startswith("npz:"):
+        dataset = _load_npz(name)
     else:
         raise ValueError(
             f"Unknown dataset name {name!r}: expected one of "
@@ -411,6 +419,67 @@ def _load_idx(name: str) -> Dataset:
         test_images=_idx_images_to_float(test_images),
         test_labels=test_labels.astype(np.int32),
         num_classes=num_classes,
+        class_names=class_names,
+    )
+
+
+def _load_npz(name: str) -> Dataset:
+    """Load the arrays of the .npz file in ``name``, as the module docstring describes."""
+    path = pathlib.Path(name.removeprefix("npz:")).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"Dataset file {str(path)!r} of {name!r} is missing: expected an .npz "
+            f"file with the arrays {', '.join(NPZ_KEYS)} (and optionally class_names)."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"Cannot read {str(path)!r} of {name!r} as an .npz file: {error}"
+        ) from error
+    missing = [key for key in NPZ_KEYS if key not in arrays]
+    if missing:
+        raise ValueError(
+            f"{str(path)!r} of {name!r} has no arrays named {', '.join(missing)}; it "
+            f"holds {', '.join(sorted(arrays)) or 'no arrays'}. Save the four arrays "
+            f"{', '.join(NPZ_KEYS)} with np.savez."
+        )
+    splits = {}
+    for split in ("train", "test"):
+        images = arrays[f"{split}_images"]
+        if images.dtype == np.uint8:
+            images = images / 255.0
+        where = f"{split} split of {name}"
+        splits[split] = (
+            _validate_images(images, where=where),
+            arrays[f"{split}_labels"],
+        )
+    if "class_names" in arrays:
+        class_names = tuple(str(n) for n in np.asarray(arrays["class_names"]).ravel())
+    else:
+        labels = [labels for _, labels in splits.values()]
+        largest = max(
+            (
+                int(np.max(x))
+                for x in labels
+                if x.size and np.issubdtype(x.dtype, np.integer)
+            ),
+            default=1,
+        )
+        class_names = tuple(str(label) for label in range(max(largest + 1, 2)))
+    for split, (images, labels) in splits.items():
+        labels = _validate_labels(
+            labels, len(class_names), where=f"{split} split of {name}"
+        )
+        splits[split] = (images, labels.astype(np.int32))
+    return Dataset(
+        name=name,
+        train_images=splits["train"][0],
+        train_labels=splits["train"][1],
+        test_images=splits["test"][0],
+        test_labels=splits["test"][1],
+        num_classes=len(class_names),
         class_names=class_names,
     )
 

@@ -218,6 +218,9 @@ def identify(
     batch_size: int = 64,
     source_indices: np.ndarray | None = None,
     log_every_seconds: float = 15.0,
+    resume: tuple[int, Flips] | None = None,
+    on_progress: Callable[[int, Flips], None] | None = None,
+    progress_every: int = 0,
 ) -> Flips:
     """Stream the search over `images` in fixed-shape batches and collect the flips.
 
@@ -240,6 +243,14 @@ def identify(
         batch_size: Source images per jitted call.
         source_indices: [N] row numbers recorded in `Flips.source_index` (and used to
             seed each image's noise); defaults to arange(N).
+        log_every_seconds: Seconds between progress log lines.
+        resume: `(num_done, flips)` from an earlier `on_progress` call of this same
+            search: the first `num_done` images are skipped and `flips` are kept. Each
+            image's noise depends only on the key and its source index, so the result
+            equals that of an uninterrupted search.
+        on_progress: Called as `on_progress(num_done, flips_so_far)` every
+            `progress_every` batches, for example to save a checkpoint.
+        progress_every: Batches between `on_progress` calls; 0 never calls it.
 
     Returns:
         The Flips of all images, ordered by source index, then noise norm.
@@ -268,9 +279,29 @@ def identify(
         noise.scale,
     )
     parts: list[tuple[np.ndarray, ...]] = []
-    start = last_log = time.perf_counter()
     done = 0
-    for rows, mask in batching.padded_index_batches(num_images, batch_size):
+    if resume is not None:
+        done, previous = resume
+        if done % batch_size or not 0 <= done <= num_images:
+            raise ValueError(
+                f"resume starts at image {done}, which is not a batch boundary of "
+                f"{num_images} images in batches of {batch_size}; resume only from an "
+                "on_progress call of the same search."
+            )
+        parts.append(tuple(previous))
+        logging.info(
+            "identify: resuming after %d of %d images (%d flips so far).",
+            done,
+            num_images,
+            previous.size,
+        )
+    first_done = done
+    start = last_log = time.perf_counter()
+    for batch_index, (rows, mask) in enumerate(
+        batching.padded_index_batches(num_images, batch_size)
+    ):
+        if batch_index * batch_size < first_done:
+            continue
         result = search_fn(
             generator_params,
             classifier_params,
@@ -292,9 +323,16 @@ def identify(
             )
         )
         done += int(mask.sum())
+        if (
+            on_progress is not None
+            and progress_every
+            and (batch_index + 1) % progress_every == 0
+            and done < num_images
+        ):
+            on_progress(done, _concatenate(parts))
         now = time.perf_counter()
         if now - last_log > log_every_seconds:
-            rate = done / (now - start)
+            rate = (done - first_done) / (now - start)
             logging.info(
                 "identify: %d/%d images, %.0f images/s (%.0f samples/s), %.0f s left.",
                 done,
@@ -311,13 +349,17 @@ def identify(
             0
         ].shape[1]
         return empty_flips(latent_dim)
-    flips = Flips(*(np.concatenate(column) for column in zip(*parts)))
+    flips = _concatenate(parts)
     logging.info(
         "identify: %d flips from %d of %d images in %.1f s (%.0f samples/s).",
         flips.size,
         len(np.unique(flips.source_index)),
         num_images,
         elapsed,
-        num_images * num_perturbations / max(elapsed, 1e-9),
+        (num_images - first_done) * num_perturbations / max(elapsed, 1e-9),
     )
     return flips
+
+
+def _concatenate(parts: list[tuple[np.ndarray, ...]]) -> Flips:
+    return Flips(*(np.concatenate(column) for column in zip(*parts)))

@@ -5,10 +5,16 @@ workdir. Each stage stores its outputs with a fingerprint of the config fields i
 on and of the stages before it. A rerun reuses a stage whose fingerprint matches and
 recomputes it otherwise.
 
+A run refuses a workdir written with other inputs (config, dataset or classifier)
+unless `allow_config_change` is set. Training loops and the identification search save
+progress under `progress/` as they go, so a killed run resumes where it stopped and ends
+with the same outputs as an uninterrupted one.
+
 Workdir layout:
-    config.json                  the resolved config of the last run
+    config.json                  the config and input digests of the last run
     checkpoints/NAME/            orbax params (classifier, vae, corrected, baseline)
     checkpoints/NAME.json        the fingerprint of those params
+    progress/                    checkpoints of unfinished stages, deleted when they end
     flips.npz, mixture.npz, regions.npz
     report.json, flips.png, regions/region_RR.png
     metrics/                     JSON lines and TensorBoard events of training
@@ -21,7 +27,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -34,7 +40,6 @@ from defuse_jax import (
     data,
     identify,
     models,
-    report,
     stages,
     training,
     vae,
@@ -59,6 +64,18 @@ _KEY_IDS = {
     "region_test": 8,
     "report": 9,
 }
+
+
+class Classifier(NamedTuple):
+    """A classifier to audit instead of the one the pipeline would train.
+
+    apply_fn: `apply_fn(params, images [B, H, W, C] float32 in [0, 1]) -> logits
+        [B, num_classes]`; it must be jittable.
+    params: Its parameters. Correction fine-tunes a copy of them.
+    """
+
+    apply_fn: classifier.ApplyFn
+    params: Any
 
 
 @dataclasses.dataclass
@@ -108,36 +125,65 @@ def num_steps(model_config: ml_collections.ConfigDict, num_examples: int) -> int
     return max(round(model_config.num_epochs * steps_per_epoch), 1)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    allow_config_change: bool = False,
+    dataset: data.Dataset | None = None,
+    audited: Classifier | None = None,
+) -> dict[str, Any]:
     """Run every Defuse stage on `config` and write the outputs to `workdir`.
 
     Args:
         config: A config like experiments/configs/mnist5k.py.
         workdir: Output folder, created if missing. Stages whose outputs exist there with
-            the same fingerprint are reused.
+            the same fingerprint are reused, and unfinished stages resume.
+        allow_config_change: Accept a workdir written with a different config, dataset
+            or classifier, and recompute the stages that depend on what changed.
+        dataset: Arrays to use instead of loading `config.dataset.name`.
+        audited: A classifier to audit instead of training `config.classifier`.
 
     Returns:
         The report, also written to `workdir/report.json`.
 
     Raises:
-        InputError: A config value, the dataset name or path, or the dataset contents
-            are invalid. Raised before any training starts.
+        InputError: A config value, the dataset, the classifier or the workdir is
+            invalid. Raised before anything is written or trained.
+        FloatingPointError: A training loss became non-finite; the message names the
+            step, and the last good progress checkpoint is kept.
     """
     configuration.validate_config(config)
     if not workdir:
         raise InputError("--workdir is empty; pass a folder for the run's outputs.")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise InputError(f"--workdir={workdir!r} is a file; pass a folder instead.")
-    dataset = load_dataset(config)
+    if dataset is None:
+        dataset = load_dataset(config)
+    else:
+        _check_dataset(dataset)
     configuration.validate_against_dataset(config, dataset)
-    os.makedirs(workdir, exist_ok=True)
-    report.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    root_key = jax.random.key(config.seed)
     cnn = models.CNN(
         dataset.num_classes,
         tuple(config.classifier.features),
         config.classifier.hidden_dim,
     )
+    if audited is not None:
+        configuration.check_classifier(audited.apply_fn, audited.params, dataset)
+        classifier_record = "given:" + configuration.params_digest(audited.params)
+    else:
+        classifier_record = "trained from config.classifier"
+    record = {
+        "config": config.to_dict(),
+        "dataset": dataset.name,
+        "dataset_digest": configuration.dataset_digest(dataset),
+        "classifier": classifier_record,
+    }
+    changes = workdir_lib.check_workdir(
+        workdir, record, allow_change=allow_config_change
+    )
+    workdir_lib.write_record(workdir, record, changes)
+    root_key = jax.random.key(config.seed)
     vae_model = models.VAE(dataset.image_shape, config.vae.latent_dim)
     state = _Run(
         config=config,
@@ -150,7 +196,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 workdir, "metrics", f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
             )
         ),
-        apply_fn=classifier.make_apply_fn(cnn),
+        apply_fn=(
+            classifier.make_apply_fn(cnn) if audited is None else audited.apply_fn
+        ),
         generator=vae.make_generator(vae_model),
     )
     logging.info(
@@ -162,24 +210,47 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         dataset.num_classes,
     )
     try:
-        return _run_stages(state, cnn, vae_model)
+        return _run_stages(state, cnn, vae_model, audited, record["dataset_digest"])
     finally:
         state.writer.close()
 
 
+def _check_dataset(dataset: data.Dataset) -> None:
+    """Raise InputError unless a dataset passed to `run` has valid arrays."""
+    for split in ("train", "test"):
+        try:
+            data.validate_arrays(
+                getattr(dataset, f"{split}_images"),
+                getattr(dataset, f"{split}_labels"),
+                dataset.num_classes,
+                where=f"{split} split of {dataset.name}",
+            )
+        except (ValueError, TypeError) as error:
+            raise InputError(f"dataset: {error}") from error
+
+
 def _run_stages(
-    run_state: _Run, cnn: models.CNN, vae_model: models.VAE
+    run_state: _Run,
+    cnn: models.CNN,
+    vae_model: models.VAE,
+    audited: Classifier | None,
+    data_digest: str,
 ) -> dict[str, Any]:
     config, dataset = run_state.config, run_state.dataset
-    data_fingerprint = fingerprint(
-        config.dataset, config.seed, configuration.dataset_digest(dataset)
-    )
+    data_fingerprint = fingerprint(config.dataset, config.seed, data_digest)
 
     # Classifier: the model under audit.
     num_train = len(dataset.train_images)
     with run_state.stage("classifier", f"{num_train} train images") as summary:
-        clf_fingerprint = fingerprint(data_fingerprint, config.classifier)
-        classifier_params = _train_classifier(run_state, cnn, clf_fingerprint)
+        if audited is None:
+            clf_fingerprint = fingerprint(data_fingerprint, config.classifier)
+            classifier_params = _train_classifier(run_state, cnn, clf_fingerprint)
+        else:
+            logging.info("Auditing the given classifier instead of training one.")
+            clf_fingerprint = fingerprint(
+                data_fingerprint, configuration.params_digest(audited.params)
+            )
+            classifier_params = audited.params
         test_accuracy = classifier.accuracy(
             run_state.apply_fn,
             classifier_params,
@@ -223,47 +294,56 @@ def _run_stages(
 
 def _train_classifier(run_state: _Run, cnn: models.CNN, stage_fingerprint: str) -> Any:
     config, dataset = run_state.config.classifier, run_state.dataset
-    state = classifier.create_state(
-        cnn,
-        run_state.apply_fn,
-        run_state.keys["classifier"],
-        dataset.image_shape,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        decay_steps=num_steps(config, len(dataset.train_images)),
-    )
+    total_steps = num_steps(config, len(dataset.train_images))
 
-    def train():
+    def create_state():
+        return classifier.create_state(
+            cnn,
+            run_state.apply_fn,
+            run_state.keys["classifier"],
+            dataset.image_shape,
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
+            decay_steps=total_steps,
+        )
+
+    def train(progress: str):
         return training.train_loop(
-            state,
+            create_state(),
             classifier.train_step,
             (dataset.train_images, dataset.train_labels),
             key=run_state.keys["classifier"],
-            num_steps=num_steps(config, len(dataset.train_images)),
+            num_steps=total_steps,
             batch_size=config.batch_size,
             name="classifier",
             writer=run_state.writer,
+            checkpoint_dir=progress,
+            checkpoint_every=run_state.config.checkpoint.every_steps,
         ).params
 
+    # Shapes only: initialising the CNN compiles for seconds and a reused run needs none.
+    like = jax.eval_shape(lambda: create_state().params)
     return workdir_lib.cached_params(
-        run_state.workdir, "classifier", stage_fingerprint, state.params, train
+        run_state.workdir, "classifier", stage_fingerprint, like, train
     )
 
 
 def _train_vae(run_state: _Run, vae_model: models.VAE, stage_fingerprint: str) -> Any:
     config, dataset = run_state.config.vae, run_state.dataset
-    state = vae.create_state(
-        vae_model,
-        run_state.keys["vae"],
-        learning_rate=config.learning_rate,
-        likelihood=config.likelihood,
-        gaussian_scale=config.gaussian_scale,
-        beta=config.beta,
-    )
 
-    def train():
+    def create_state():
+        return vae.create_state(
+            vae_model,
+            run_state.keys["vae"],
+            learning_rate=config.learning_rate,
+            likelihood=config.likelihood,
+            gaussian_scale=config.gaussian_scale,
+            beta=config.beta,
+        )
+
+    def train(progress: str):
         return training.train_loop(
-            state,
+            create_state(),
             vae.train_step,
             (dataset.train_images,),
             key=run_state.keys["vae"],
@@ -271,10 +351,13 @@ def _train_vae(run_state: _Run, vae_model: models.VAE, stage_fingerprint: str) -
             batch_size=config.batch_size,
             name="vae",
             writer=run_state.writer,
+            checkpoint_dir=progress,
+            checkpoint_every=run_state.config.checkpoint.every_steps,
         ).params
 
+    like = jax.eval_shape(lambda: create_state().params)
     return workdir_lib.cached_params(
-        run_state.workdir, "vae", stage_fingerprint, state.params, train
+        run_state.workdir, "vae", stage_fingerprint, like, train
     )
 
 
@@ -316,8 +399,25 @@ def _identify(
         num_bad_reconstructions,
     )
     noise = identify.NoiseConfig(config.noise, config.noise_scale, config.beta_a)
+    progress_path = os.path.join(run_state.workdir, "progress", "flips.npz")
+
+    def save_progress(num_done: int, flips: identify.Flips) -> None:
+        workdir_lib.save_arrays(
+            progress_path,
+            stage_fingerprint,
+            {"num_done": np.asarray(num_done), **flips._asdict()},
+        )
+        logging.info(
+            "identify: saved progress after %d of %d images.",
+            num_done,
+            len(correct_rows),
+        )
 
     def compute():
+        resume = None
+        stored = workdir_lib.load_arrays(progress_path, stage_fingerprint)
+        if stored is not None:
+            resume = (int(stored.pop("num_done")), identify.Flips(**stored))
         flips = identify.identify(
             generator_params,
             classifier_params,
@@ -331,12 +431,16 @@ def _identify(
             noise=noise,
             batch_size=config.batch_size,
             source_indices=correct_rows,
+            resume=resume,
+            on_progress=save_progress,
+            progress_every=run_state.config.checkpoint.identify_every_batches,
         )
         return flips._asdict()
 
     arrays = workdir_lib.cached_arrays(
         run_state.workdir, "flips", stage_fingerprint, compute
     )
+    workdir_lib.remove_progress(run_state.workdir, "flips")
     flips = identify.Flips(**arrays)
     images_with_flips = len(np.unique(flips.source_index))
     return {

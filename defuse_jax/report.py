@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -24,6 +26,8 @@ def atomic_write_bytes(path: str, content: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
         # mkstemp creates the file readable by its owner only; give it the permissions
         # a plain open() would, so others can read a shared workdir.
         os.chmod(temporary, 0o666 & ~_current_umask())
@@ -38,6 +42,23 @@ def _current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def npz_bytes(arrays: Mapping[str, Any]) -> bytes:
+    """Return the bytes of an uncompressed .npz archive of `arrays` that `np.load` reads.
+
+    Unlike `np.savez`, which stamps each member with the current time, the members carry
+    a fixed date, so equal arrays always give equal bytes.
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(
+                    member, np.asanyarray(value), allow_pickle=False
+                )
+    return buffer.getvalue()
 
 
 def write_json(path: str, value: Any) -> None:

@@ -109,7 +109,11 @@ def distill_correct_report(
     # Annotation: one label per region, or a rejection.
     with run.stage("annotate", f"{regions.size} regions") as summary:
         annotator = annotate.get_annotator(config.annotate.annotator)
-        annotation = annotator(regions, flips, mixture_arrays["assignments"])
+        annotation = annotate.reject_mixed(
+            annotator(regions, flips, mixture_arrays["assignments"]),
+            regions,
+            config.annotate.min_source_purity,
+        )
         outputs["annotation"] = {
             "annotator": annotation.source,
             "labels": annotation.label,
@@ -294,9 +298,10 @@ def _correct(
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
         "writer": run.writer,
+        "checkpoint_every": run.config.checkpoint.every_steps,
     }
 
-    def fine_tune_defuse():
+    def fine_tune_defuse(progress: str):
         data = correct.RegionSamplerData(
             generator_params=generator_params,
             means=jnp.asarray(regions.mean[accepted]),
@@ -314,10 +319,11 @@ def _correct(
             extra_data=data,
             name="correct_defuse",
             key=run.keys["correct"],
+            checkpoint_dir=progress,
             **common,
         )
 
-    def fine_tune_baseline():
+    def fine_tune_baseline(progress: str):
         flip_images = regions_lib.decode_codes(
             run.generator, generator_params, flips.codes
         )
@@ -330,6 +336,7 @@ def _correct(
             extra_data=(jnp.asarray(flip_images), jnp.asarray(flips.source_label)),
             name="correct_baseline",
             key=run.keys["baseline"],
+            checkpoint_dir=progress,
             **common,
         )
 
@@ -380,10 +387,13 @@ def _write_report(
     with run.stage("report") as summary:
         names = run.dataset.class_names
         config = run.config.report
-        # The report redraws every image, so grids from an earlier config (more regions,
-        # or flips where there are none now) are deleted instead of left to look current.
-        shutil.rmtree(os.path.join(run.workdir, "regions"), ignore_errors=True)
-        if os.path.exists(os.path.join(run.workdir, "flips.png")):
+        # The report redraws every image. Region grids go to a temporary folder that
+        # replaces regions/ once complete, so grids of an earlier config (more regions)
+        # never sit next to new ones and a kill never leaves a half-drawn folder.
+        grids = os.path.join(run.workdir, ".regions-partial")
+        shutil.rmtree(grids, ignore_errors=True)
+        os.makedirs(grids)
+        if os.path.exists(os.path.join(run.workdir, "flips.png")) and not flips.size:
             os.remove(os.path.join(run.workdir, "flips.png"))
         if flips.size:
             rng = np.random.default_rng(run.config.seed)
@@ -430,7 +440,7 @@ def _write_report(
                 label = None if annotation is None else int(annotation.label[r])
                 path = os.path.join("regions", f"region_{r:02d}.png")
                 report.save_image_grid(
-                    os.path.join(run.workdir, path),
+                    os.path.join(grids, os.path.basename(path)),
                     images,
                     [f"pred {names[p]}" for p in predicted],
                     title_colors=["red" if p != target else "black" for p in predicted],
@@ -455,6 +465,7 @@ def _write_report(
                         "grid": path,
                     }
                 )
+        _replace_folder(grids, os.path.join(run.workdir, "regions"))
         outputs["regions"] = region_records
         outputs["config"] = run.config.to_dict()
         outputs["seed"] = run.config.seed
@@ -471,3 +482,16 @@ def _write_report(
     report.write_json(os.path.join(run.workdir, "report.json"), outputs)
     logging.info("Wrote %s.", os.path.join(run.workdir, "report.json"))
     return outputs
+
+
+def _replace_folder(new: str, target: str) -> None:
+    """Move folder `new` to `target`, replacing what was there; delete `new` if empty."""
+    old = target + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(target):
+        os.rename(target, old)
+    if os.listdir(new):
+        os.rename(new, target)
+    else:
+        os.rmdir(new)
+    shutil.rmtree(old, ignore_errors=True)

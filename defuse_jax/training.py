@@ -78,13 +78,20 @@ def train_loop(
     name: str,
     writer: MetricWriter | None = None,
     log_every: int = 100,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
 ) -> Any:
     """Run `num_steps` steps of `step_fn(state, batch, key)` over row batches of `arrays`.
+
+    With `checkpoint_dir`, the loop saves the whole state there every `checkpoint_every`
+    steps and, when it finds a checkpoint there at the start, resumes after its step.
+    Batches and step keys depend only on `key` and the step number, so a resumed loop
+    ends with the same state as one that was never interrupted.
 
     Args:
         state: The training state pytree (for example a flax TrainState).
         step_fn: Jitted `(state, batch, key) -> (state, metrics)`; `batch` is a tuple
-            with one [B, ...] slice of each array.
+            with one [B, ...] slice of each array, and `metrics` holds a "loss".
         arrays: Training arrays with a common leading size N >= batch_size.
         key: Root key of this loop; split into a data key and a step key.
         num_steps: Number of optimisation steps.
@@ -92,12 +99,16 @@ def train_loop(
         name: Name used in logs and metric keys.
         writer: Receives every logged metric.
         log_every: Steps between progress log lines and metric records.
+        checkpoint_dir: Folder for progress checkpoints, or None for none. It must hold
+            only checkpoints of this same loop (same state structure, data and key).
+        checkpoint_every: Steps between checkpoints; 0 saves none but still resumes.
 
     Returns:
         The final state.
 
     Raises:
-        FloatingPointError: A step returned a non-finite loss; the message names the step.
+        FloatingPointError: A step returned a non-finite loss. The message names the
+            first such step; checkpoints saved before it are kept.
     """
     num_examples = len(arrays[0])
     if num_examples < batch_size:
@@ -107,47 +118,124 @@ def train_loop(
         )
     steps_per_epoch = num_examples // batch_size
     data_key, step_key = jax.random.split(key)
+    checkpoints = None if checkpoint_dir is None else _Checkpoints(checkpoint_dir)
+    first_step = 0
+    if checkpoints is not None:
+        state, first_step = checkpoints.restore_latest(state, num_steps, name)
     logging.info(
-        "%s: training for %d steps (%.1f epochs of %d examples, batch %d).",
+        "%s: training for %d steps (%.1f epochs of %d examples, batch %d)%s.",
         name,
         num_steps,
         num_steps / steps_per_epoch,
         num_examples,
         batch_size,
+        f", resuming at step {first_step}" if first_step else "",
     )
     start = time.perf_counter()
     order = None
-    for step in range(num_steps):
+    # Losses since the last check, kept on the device so that steps are not synchronised.
+    pending: list[tuple[int, jax.Array]] = []
+    for step in range(first_step, num_steps):
         epoch, position = divmod(step, steps_per_epoch)
         if position == 0 or order is None:
             order = batching.epoch_permutation(data_key, epoch, num_examples)
         indices = order[position * batch_size : (position + 1) * batch_size]
         batch = tuple(array[indices] for array in arrays)
         state, metrics = step_fn(state, batch, jax.random.fold_in(step_key, step))
-        if (step + 1) % log_every == 0 or step + 1 == num_steps:
+        pending.append((step + 1, metrics["loss"]))
+        done = step + 1
+        save = (
+            checkpoints is not None
+            and checkpoint_every
+            and done % checkpoint_every == 0
+        )
+        if done % log_every == 0 or done == num_steps or save:
+            _check_finite(pending, name, checkpoints)
+            pending = []
+        if save and done < num_steps:
+            checkpoints.save(done, state)
+            logging.info("%s: saved a checkpoint at step %d/%d.", name, done, num_steps)
+        if done % log_every == 0 or done == num_steps:
             scalars = {k: float(v) for k, v in metrics.items()}
-            if not np.isfinite(scalars["loss"]):
-                raise FloatingPointError(
-                    f"{name}: loss became {scalars['loss']} at step {step + 1}; lower the "
-                    "learning rate or check the input images."
-                )
-            elapsed = time.perf_counter() - start
-            rate = (step + 1) / elapsed
+            rate = (done - first_step) / (time.perf_counter() - start)
             logging.info(
                 "%s: step %d/%d, %s, %.1f steps/s, %.0f s left.",
                 name,
-                step + 1,
+                done,
                 num_steps,
                 ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()),
                 rate,
-                (num_steps - step - 1) / rate,
+                (num_steps - done) / rate,
             )
             if writer is not None:
                 writer.write_scalars(
-                    step + 1, {f"{name}/{k}": v for k, v in scalars.items()}
+                    done, {f"{name}/{k}": v for k, v in scalars.items()}
                 )
     logging.info("%s: done in %.1f s.", name, time.perf_counter() - start)
     return state
+
+
+def _check_finite(
+    losses: list[tuple[int, jax.Array]], name: str, checkpoints: _Checkpoints | None
+) -> None:
+    """Raise FloatingPointError naming the first step whose loss is not finite."""
+    if not losses:
+        return
+    values = np.asarray(jax.device_get([loss for _, loss in losses]), np.float64)
+    bad = np.nonzero(~np.isfinite(values))[0]
+    if not bad.size:
+        return
+    step, value = losses[bad[0]][0], values[bad[0]]
+    kept = checkpoints.latest_step() if checkpoints is not None else None
+    raise FloatingPointError(
+        f"{name}: the loss became {value} at step {step}; lower the learning rate or "
+        "check the input images."
+        + (
+            f" The last good checkpoint, at step {kept}, is kept in {checkpoints.path}."
+            if kept
+            else ""
+        )
+    )
+
+
+class _Checkpoints:
+    """Progress checkpoints of one training loop: the latest whole state, saved in sync."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        with _quiet_orbax():
+            self._manager = ocp.CheckpointManager(
+                self.path,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1, enable_async_checkpointing=False
+                ),
+            )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore_latest(self, like: Any, num_steps: int, name: str) -> tuple[Any, int]:
+        """Return the latest saved state and its step, or `(like, 0)` when none is saved."""
+        step = self.latest_step()
+        if step is None:
+            return like, 0
+        if step > num_steps:
+            raise ValueError(
+                f"{name}: the checkpoint in {self.path} is at step {step}, past the "
+                f"{num_steps} steps of this run; delete that folder to start again."
+            )
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        with _quiet_orbax():
+            state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        logging.info(
+            "%s: restored the checkpoint at step %d from %s.", name, step, self.path
+        )
+        return state, step
+
+    def save(self, step: int, state: Any) -> None:
+        with _quiet_orbax():
+            self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+            self._manager.wait_until_finished()
 
 
 def save_params(path: str, params: Any) -> None:

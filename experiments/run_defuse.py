@@ -3,6 +3,9 @@
     python -m experiments.run_defuse --workdir=/tmp/defuse_mnist
     python -m experiments.run_defuse --workdir=/tmp/defuse_test \
         --config=experiments/configs/mnist5k.py:test --config.correct.lam=0.3
+
+Run the same command again to resume a killed run. A workdir written with another
+config is refused unless --allow_config_change is passed.
 """
 
 import os
@@ -25,6 +28,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Experiment config file; append :test for the CPU test variant.",
     lock_config=True,
 )
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Accept a workdir written with a different config or dataset: recompute the "
+    "stages that depend on what changed and reuse the others.",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -35,9 +44,16 @@ def main(argv: list[str]) -> None:
         "JAX backend %s with devices %s.", jax.default_backend(), jax.devices()
     )
     try:
-        pipeline.run(_CONFIG.value, _WORKDIR.value)
+        pipeline.run(
+            _CONFIG.value,
+            _WORKDIR.value,
+            allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+        )
     except InputError as error:
-        # One line on stderr and exit status 1, before any training has started.
+        # One line on stderr and exit status 1, before anything is written.
+        raise SystemExit(f"error: {error}") from None
+    except FloatingPointError as error:
+        # Training diverged; the message names the step and the checkpoint kept.
         raise SystemExit(f"error: {error}") from None
 
 

@@ -1,5 +1,6 @@
 """Tests of config validation and fingerprints."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -85,3 +86,39 @@ def test_dataset_digest_changes_with_data():
     first = configuration.dataset_digest(dataset)
     dataset.train_images[0, 0, 0, 0] = 1.0
     assert configuration.dataset_digest(dataset) != first
+
+
+def _logits_fn(num_classes, dtype=jnp.float32, value=0.0):
+    def apply_fn(params, images):
+        return jnp.full((images.shape[0], num_classes), value, dtype)
+
+    return apply_fn
+
+
+def test_check_classifier_accepts_float_logits_of_every_class():
+    configuration.check_classifier(_logits_fn(2), {}, _tiny_dataset())
+
+
+@pytest.mark.parametrize(
+    ("apply_fn", "message"),
+    [
+        (_logits_fn(3), r"logits of shape \(2, 3\) for 2 images; expected \(2, 2\)"),
+        (_logits_fn(2, jnp.int32), "dtype int32; expected a floating dtype"),
+        (_logits_fn(2, value=jnp.nan), "non-finite logits"),
+        (lambda params, images: params["missing"], "apply_fn failed.*KeyError"),
+        (lambda params, images: jnp.argmax(images, axis=1), "logits of shape"),
+    ],
+)
+def test_check_classifier_rejects_bad_outputs(apply_fn, message):
+    with pytest.raises(configuration.InputError, match=message):
+        configuration.check_classifier(apply_fn, {}, _tiny_dataset())
+
+
+def test_params_digest_follows_values():
+    params = {"w": jnp.zeros(3)}
+    assert configuration.params_digest(params) == configuration.params_digest(
+        {"w": jnp.zeros(3)}
+    )
+    assert configuration.params_digest(params) != configuration.params_digest(
+        {"w": jnp.ones(3)}
+    )

@@ -487,3 +487,83 @@ def test_load_logs_sizes(
     loaded = [message for message in messages if message.startswith("Loaded dataset")]
     assert len(loaded) == 1
     assert "12 train and 5 test images of shape (4, 3, 1), 3 classes" in loaded[0]
+
+
+# npz:FILE
+
+
+def _write_npz(path: pathlib.Path, **overrides: Any) -> str:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.random((6, 5, 4, 3)).astype(np.float32),
+        "train_labels": np.array([0, 1, 2, 0, 1, 2], np.int64),
+        "test_images": rng.random((3, 5, 4, 3)).astype(np.float32),
+        "test_labels": np.array([0, 1, 1], np.int64),
+    }
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return f"npz:{path}"
+
+
+def test_npz_round_trip(tmp_path: pathlib.Path) -> None:
+    name = _write_npz(tmp_path / "mine.npz")
+    dataset = data.load_dataset(name)
+    assert dataset.image_shape == (5, 4, 3)
+    assert dataset.num_classes == 3
+    assert dataset.class_names == ("0", "1", "2")
+    assert dataset.train_images.dtype == np.float32
+    assert dataset.train_labels.dtype == np.int32
+    with np.load(tmp_path / "mine.npz") as stored:
+        np.testing.assert_array_equal(dataset.test_images, stored["test_images"])
+
+
+def test_npz_uint8_images_are_scaled_and_class_names_set_classes(
+    tmp_path: pathlib.Path,
+) -> None:
+    images = np.full((6, 2, 2, 1), 255, np.uint8)
+    name = _write_npz(
+        tmp_path / "mine.npz",
+        train_images=images,
+        test_images=images[:3],
+        class_names=np.array(["cat", "dog", "owl", "fox"]),
+    )
+    dataset = data.load_dataset(name)
+    assert float(dataset.train_images.max()) == 1.0
+    assert dataset.class_names == ("cat", "dog", "owl", "fox")
+    assert dataset.num_classes == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"test_labels": None}, "no arrays named test_labels"),
+        ({"train_images": np.zeros((6, 5, 4))}, r"shape \(6, 5, 4\).*rank 4"),
+        (
+            {"train_images": np.full((6, 1, 1, 1), np.nan)},
+            "non-finite value nan",
+        ),
+        ({"test_images": np.full((3, 5, 4, 3), 7.0)}, r"value 7\.0 .*\[0, 1\]"),
+        ({"test_labels": np.array([0, -1, 1])}, r"value -1 at index 1"),
+        (
+            {
+                "test_labels": np.array([0, 1, 3]),
+                "class_names": np.array(["a", "b", "c"]),
+            },
+            r"value 3 at index 2: expected labels in \[0, 3\)",
+        ),
+    ],
+)
+def test_npz_bad_arrays_raise(
+    tmp_path: pathlib.Path, overrides: dict[str, Any], message: str
+) -> None:
+    name = _write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(ValueError, match=message):
+        data.load_dataset(name)
+
+
+def test_npz_missing_or_unreadable_file(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="is missing: expected an .npz file"):
+        data.load_dataset(f"npz:{tmp_path / 'none.npz'}")
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(ValueError, match="Cannot read"):
+        data.load_dataset(f"npz:{tmp_path / 'text.npz'}")

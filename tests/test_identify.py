@@ -129,3 +129,53 @@ def test_noise_is_centred_with_requested_std(kind):
 def test_unknown_noise_kind_raises():
     with pytest.raises(ValueError, match="Unknown noise kind 'laplace'"):
         identify.sample_noise(jax.random.key(0), (3,), identify.NoiseConfig("laplace"))
+
+
+def test_resumed_search_equals_uninterrupted_search():
+    images, labels = _toy_data(22)
+    kwargs = {
+        "generator": TOY,
+        "apply_fn": _classify,
+        "num_perturbations": 16,
+        "max_flips_per_image": 2,
+        "noise": identify.NoiseConfig("gaussian", 1.0, 2.0),
+        "batch_size": 4,
+    }
+    saved = []
+    whole = identify.identify(
+        None,
+        None,
+        images,
+        labels,
+        jax.random.key(3),
+        on_progress=lambda done, flips: saved.append((done, flips)),
+        progress_every=2,
+        **kwargs,
+    )
+    # Every 2 batches of 4 images, stopping before the last batch: after 8 and 16.
+    assert [done for done, _ in saved] == [8, 16]
+    assert whole.size > 0
+    for checkpoint in saved:
+        resumed = identify.identify(
+            None, None, images, labels, jax.random.key(3), resume=checkpoint, **kwargs
+        )
+        chex.assert_trees_all_equal(resumed._asdict(), whole._asdict())
+
+
+def test_resume_off_a_batch_boundary_raises():
+    images, labels = _toy_data(8)
+    with pytest.raises(ValueError, match="not a batch boundary"):
+        identify.identify(
+            None,
+            None,
+            images,
+            labels,
+            jax.random.key(3),
+            generator=TOY,
+            apply_fn=_classify,
+            num_perturbations=4,
+            max_flips_per_image=1,
+            noise=identify.NoiseConfig("gaussian", 1.0, 2.0),
+            batch_size=4,
+            resume=(3, identify.empty_flips(2)),
+        )

@@ -12,7 +12,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.dataset = ml_collections.ConfigDict()
-    # "mnist5k", "digits", or "idx:DIR" (a folder of MNIST-format IDX files).
+    # "mnist5k", "digits", "idx:DIR" (a folder of MNIST-format IDX files), or
+    # "npz:FILE" (arrays train_images, train_labels, test_images, test_labels).
     config.dataset.name = "mnist5k"
     # Test split size for mnist5k and digits: a count, or a fraction when below 1.
     config.dataset.test_size = 1000
@@ -78,6 +79,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.annotate = ml_collections.ConfigDict()
     config.annotate.annotator = "majority_source"
+    # Reject regions whose flips share their majority source label less often than
+    # this; a person could not name one class for such a mixed region.
+    config.annotate.min_source_purity = 0.0
 
     config.correct = ml_collections.ConfigDict()
     # lambda: loss = (1 - lam) * CE(original batch) + lam * CE(region batch).
@@ -93,11 +97,20 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.report.samples_per_region = 32
     config.report.num_flip_examples = 48
 
+    # How often long stages save progress; changing it never changes a result, and
+    # a killed run resumes from the last save.
+    config.checkpoint = ml_collections.ConfigDict()
+    # Training steps between checkpoints of the classifier, VAE and correction (0: none).
+    config.checkpoint.every_steps = 250
+    # Identification batches between saves of the flips found so far (0: none).
+    config.checkpoint.identify_every_batches = 10
+
     if variant == "test":
         config.classifier.num_epochs = 1.0
         config.vae.num_epochs = 1.0
         config.identify.max_source_images = 128
         config.identify.num_perturbations = 8
+        config.identify.batch_size = 32
         config.distill.truncation = 5
         config.distill.num_steps = 100
         config.distill.min_region_size = 2
@@ -106,6 +119,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.correct.num_test_samples = 16
         config.report.samples_per_region = 8
         config.report.num_flip_examples = 8
+        config.checkpoint.every_steps = 10
+        config.checkpoint.identify_every_batches = 1
     elif variant:
         raise ValueError(f"Unknown config variant {variant!r}; use '' or 'test'.")
     return config
