@@ -55,8 +55,8 @@ def reject_mixed(
 ) -> Annotation:
     """Reject every region whose members share a source label less than `min_source_purity`.
 
-    A region that mixes many source classes has no single correct label, so a person
-    asked to name one would decline it.
+    A region that mixes many source classes has no single correct label, so an annotator
+    would reject it.
     """
     mixed = np.asarray(regions.source_purity) < min_source_purity
     label = np.where(mixed, REJECTED, annotation.label).astype(np.int32)

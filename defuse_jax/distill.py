@@ -24,9 +24,12 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 from absl import logging
-from numpyro.infer import SVI, Trace_ELBO
+from numpyro.handlers import replay, seed
+from numpyro.infer import SVI
 from numpyro.infer.autoguide import AutoNormal
+from numpyro.infer.elbo import ELBO
 from numpyro.infer.initialization import init_to_value
+from numpyro.infer.util import log_density
 
 COVARIANCE_TYPES = ("diag", "full")
 
@@ -123,6 +126,8 @@ def fit_mixture(
     Raises:
         ValueError: if an argument has an invalid value. The message names it.
         TypeError: if `truncation` or `num_steps` is not an int.
+        FloatingPointError: if the ELBO became non-finite; the message names
+            the first such SVI step.
     """
     codes = np.asarray(codes)
     _check_codes(codes)
@@ -160,6 +165,7 @@ def fit_mixture(
         num_steps=num_steps,
     )
     mixture = jax.block_until_ready(mixture)
+    _check_elbo(np.asarray(mixture.elbo_trace), learning_rate)
 
     weights = np.asarray(mixture.weights)
     logging.info(
@@ -171,6 +177,39 @@ def fit_mixture(
         truncation,
     )
     return mixture
+
+
+class _OrderedElbo(ELBO):
+    """One-sample ELBO whose terms are summed in trace order.
+
+    numpyro's Trace_ELBO sums the per-site terms in the order of a Python set, which
+    follows the process's string hash seed. Its loss values then differ in the last bit
+    from one process to the next, and so would the ELBO trace this module stores. This
+    loss has the same value and gradients up to that rounding, in a fixed order.
+    """
+
+    def loss_with_mutable_state(
+        self, rng_key, param_map, model, guide, *args, **kwargs
+    ):
+        model_seed, guide_seed = jax.random.split(rng_key)
+        guide_log_density, guide_trace = log_density(
+            seed(guide, guide_seed), args, kwargs, param_map
+        )
+        model_log_density, _ = log_density(
+            replay(seed(model, model_seed), guide_trace), args, kwargs, param_map
+        )
+        return {"loss": guide_log_density - model_log_density, "mutable_state": None}
+
+
+def _check_elbo(trace: np.ndarray, learning_rate: float) -> None:
+    """Raise FloatingPointError naming the first SVI step whose ELBO is not finite."""
+    bad = np.flatnonzero(~np.isfinite(trace))
+    if bad.size:
+        raise FloatingPointError(
+            f"distill: the ELBO became {trace[bad[0]]} at SVI step {bad[0] + 1} of "
+            f"{trace.size}; lower the learning rate (now {learning_rate:g}) or check "
+            "the codes for extreme values."
+        )
 
 
 def log_likelihoods(mixture: Mixture, codes: jax.Array) -> jax.Array:
@@ -640,7 +679,7 @@ def _fit_standardized(
     schedule = optax.cosine_decay_schedule(
         learning_rate, num_steps, alpha=_FINAL_LEARNING_RATE_FRACTION
     )
-    svi = SVI(model, guide, optax.adam(schedule), Trace_ELBO())
+    svi = SVI(model, guide, optax.adam(schedule), _OrderedElbo())
     result = svi.run(svi_key, num_steps, features, alpha, progress_bar=False)
 
     medians = guide.median(result.params)

@@ -321,7 +321,7 @@ def _train_classifier(run_state: _Run, cnn: models.CNN, stage_fingerprint: str) 
             checkpoint_every=run_state.config.checkpoint.every_steps,
         ).params
 
-    # Shapes only: initialising the CNN compiles for seconds and a reused run needs none.
+    # Restoring needs only shapes, and initialising the CNN compiles for seconds.
     like = jax.eval_shape(lambda: create_state().params)
     return workdir_lib.cached_params(
         run_state.workdir, "classifier", stage_fingerprint, like, train

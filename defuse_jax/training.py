@@ -99,9 +99,10 @@ def train_loop(
         name: Name used in logs and metric keys.
         writer: Receives every logged metric.
         log_every: Steps between progress log lines and metric records.
-        checkpoint_dir: Folder for progress checkpoints, or None for none. It must hold
-            only checkpoints of this same loop (same state structure, data and key).
-        checkpoint_every: Steps between checkpoints; 0 saves none but still resumes.
+        checkpoint_dir: Folder for progress checkpoints, or None. It must contain only
+            checkpoints of this same loop (same state structure, data and key).
+        checkpoint_every: Steps between checkpoints. With 0 the loop saves none, but it
+            still resumes from a checkpoint it finds.
 
     Returns:
         The final state.
@@ -186,13 +187,13 @@ def _check_finite(
     if not bad.size:
         return
     step, value = losses[bad[0]][0], values[bad[0]]
-    kept = checkpoints.latest_step() if checkpoints is not None else None
+    last_good = checkpoints.latest_step() if checkpoints is not None else None
     raise FloatingPointError(
         f"{name}: the loss became {value} at step {step}; lower the learning rate or "
         "check the input images."
         + (
-            f" The last good checkpoint, at step {kept}, is kept in {checkpoints.path}."
-            if kept
+            f" The last good checkpoint, at step {last_good}, is kept in {checkpoints.path}."
+            if last_good
             else ""
         )
     )

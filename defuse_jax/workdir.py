@@ -85,8 +85,8 @@ def check_workdir(
         for a new folder or the same inputs.
 
     Raises:
-        InputError: The folder holds files but no readable config.json, or holds the
-            outputs of different inputs and `allow_change` is False. Nothing is written.
+        InputError: The folder contains files but no readable config.json, or contains
+            the outputs of different inputs and `allow_change` is False. Nothing is written.
     """
     if not os.path.isdir(workdir) or not os.listdir(workdir):
         return []
@@ -111,11 +111,11 @@ def check_workdir(
         if old.get(key) != new.get(key)
     ]
     if changes and not allow_change:
-        shown = "; ".join(changes[:5]) + (
+        listed = "; ".join(changes[:5]) + (
             f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
         )
         raise InputError(
-            f"--workdir={workdir!r} holds the outputs of a different run ({shown}). "
+            f"--workdir={workdir!r} contains the outputs of a different run ({listed}). "
             "Pass --allow_config_change to recompute the stages that depend on the "
             "changed fields (the others are reused), or pass a new --workdir."
         )
@@ -201,7 +201,7 @@ def remove_progress(workdir: str, name: str) -> None:
 def load_arrays(path: str, stage_fingerprint: str) -> dict[str, np.ndarray] | None:
     """Return the arrays of an .npz file written by `save_arrays` with this fingerprint.
 
-    Returns None when the file is missing, unreadable or holds another fingerprint.
+    Returns None when the file is missing, unreadable or has another fingerprint.
     """
     try:
         with np.load(path) as stored:

@@ -5,7 +5,7 @@
         --config=experiments/configs/mnist5k.py:test --config.correct.lam=0.3
 
 Run the same command again to resume a killed run. A workdir written with another
-config is refused unless --allow_config_change is passed.
+config is rejected unless --allow_config_change is passed.
 """
 
 import os

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
+import subprocess
+import sys
 from typing import NamedTuple
 
 import jax
@@ -392,3 +395,40 @@ def test_log_likelihoods_rejects_wrong_dimension():
 
     with pytest.raises(ValueError, match=r"shape \[num_codes, 4\] .* got \(7, 3\)"):
         distill.log_likelihoods(mixture, codes[:, :3])
+
+
+def test_nonfinite_elbo_names_the_step():
+    codes = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    with pytest.raises(
+        FloatingPointError, match=r"ELBO became nan at SVI step \d+ of 50"
+    ):
+        distill.fit_mixture(
+            codes, jax.random.key(0), truncation=3, num_steps=50, learning_rate=1e6
+        )
+
+
+_FIT_IN_SUBPROCESS = """
+import sys
+import jax
+import numpy as np
+from defuse_jax import distill
+codes = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+mixture = distill.fit_mixture(codes, jax.random.key(1), truncation=4, num_steps=60)
+sys.stdout.write(np.asarray(mixture.elbo_trace).tobytes().hex())
+"""
+
+
+def test_elbo_trace_does_not_depend_on_the_hash_seed():
+    traces = []
+    for hash_seed in ("1", "2"):
+        result = subprocess.run(
+            [sys.executable, "-c", _FIT_IN_SUBPROCESS],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed, "JAX_PLATFORMS": "cpu"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        traces.append(result.stdout)
+    assert traces[0] == traces[1]

@@ -80,7 +80,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.annotate = ml_collections.ConfigDict()
     config.annotate.annotator = "majority_source"
     # Reject regions whose flips share their majority source label less often than
-    # this; a person could not name one class for such a mixed region.
+    # this. A person could not name one class for such a mixed region.
     config.annotate.min_source_purity = 0.0
 
     config.correct = ml_collections.ConfigDict()
@@ -97,8 +97,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.report.samples_per_region = 32
     config.report.num_flip_examples = 48
 
-    # How often long stages save progress; changing it never changes a result, and
-    # a killed run resumes from the last save.
+    # How often long stages save progress. Changing it never changes a result, and a
+    # killed run resumes from the last save.
     config.checkpoint = ml_collections.ConfigDict()
     # Training steps between checkpoints of the classifier, VAE and correction (0: none).
     config.checkpoint.every_steps = 250
