@@ -27,8 +27,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
-from sklearn import datasets as sklearn_datasets
-from sklearn import model_selection
 
 ALLOWED_NAME_FORMS = ('"mnist5k"', '"digits"', '"idx:DIR"', '"npz:FILE"')
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
@@ -315,6 +313,8 @@ def _load_mnist5k(*, test_size: float, split_seed: int) -> Dataset:
 
 def _load_digits(*, test_size: float, split_seed: int) -> Dataset:
     """Load scikit-learn's 8x8 digits, scaled from 0..16 to [0, 1], and split them."""
+    from sklearn import datasets as sklearn_datasets  # Slow to import, so on use.
+
     bunch = sklearn_datasets.load_digits()
     images = (bunch.images[..., np.newaxis] / 16.0).astype(np.float32)
     return _split_stratified(
@@ -339,15 +339,16 @@ def _split_stratified(
     split_seed: int,
 ) -> Dataset:
     """Split images and labels into train and test sets stratified by class."""
+    # scikit-learn takes about 2 s to import, so only runs that split data pay for it.
+    from sklearn.model_selection import train_test_split
+
     _check_test_size(name, test_size, num_examples=len(labels), num_classes=num_classes)
-    train_images, test_images, train_labels, test_labels = (
-        model_selection.train_test_split(
-            images,
-            labels,
-            test_size=test_size,
-            stratify=labels,
-            random_state=split_seed,
-        )
+    train_images, test_images, train_labels, test_labels = train_test_split(
+        images,
+        labels,
+        test_size=test_size,
+        stratify=labels,
+        random_state=split_seed,
     )
     return Dataset(
         name=name,

@@ -1,13 +1,17 @@
 """Killed runs resume to the same result, and equal runs write equal bytes.
 
-Each test starts the binary on the test config, SIGKILLs it right after a progress
-checkpoint, runs it again, and compares the outputs with the uninterrupted run.
+The kill tests copy the uninterrupted run's workdir and delete the outputs of one stage
+and every stage after it, so the binary reuses the earlier stages and computes that one
+again. They SIGKILL the binary right after its first progress checkpoint in that stage,
+run it again, and compare the outputs with the uninterrupted run.
 """
 
 import os
+import shutil
 
 import numpy as np
 from binary import (
+    copy_workdir,
     kill_binary_at,
     read_report,
     run_binary,
@@ -16,6 +20,31 @@ from binary import (
 
 # Files that must be byte-identical between two runs with the same seed and config.
 DETERMINISTIC_FILES = ("flips.npz", "mixture.npz", "regions.npz", "flips.png")
+# Outputs of the stages after the VAE, in the order the pipeline writes them.
+AFTER_VAE = (
+    "flips.npz",
+    "mixture.npz",
+    "regions.npz",
+    "checkpoints/corrected",
+    "checkpoints/corrected.json",
+    "checkpoints/baseline",
+    "checkpoints/baseline.json",
+    "flips.png",
+    "regions",
+    "report.json",
+)
+
+
+def _copy_without(source, destination, removed):
+    """Copy a finished workdir, then delete the outputs in `removed`."""
+    workdir = copy_workdir(source, destination)
+    for relative in removed:
+        path = os.path.join(workdir, relative)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    return workdir
 
 
 def _read_bytes(workdir, relative):
@@ -53,7 +82,8 @@ def test_two_runs_write_identical_files(finished_run, tmp_path):
 
 def test_kill_during_vae_training_resumes_to_same_report(finished_run, tmp_path):
     reference, _ = finished_run
-    workdir = str(tmp_path / "killed_vae")
+    removed = ("checkpoints/vae", "checkpoints/vae.json", *AFTER_VAE)
+    workdir = _copy_without(reference, tmp_path / "killed_vae", removed)
     kill_binary_at(workdir, "vae: saved a checkpoint at step 10/")
     assert os.path.isdir(os.path.join(workdir, "progress", "vae"))
     assert not os.path.exists(os.path.join(workdir, "checkpoints", "vae.json"))
@@ -69,7 +99,7 @@ def test_kill_during_vae_training_resumes_to_same_report(finished_run, tmp_path)
 
 def test_kill_during_identification_resumes_to_same_report(finished_run, tmp_path):
     reference, _ = finished_run
-    workdir = str(tmp_path / "killed_identify")
+    workdir = _copy_without(reference, tmp_path / "killed_identify", AFTER_VAE)
     kill_binary_at(workdir, "identify: saved progress after 32 of 128 images")
     progress = os.path.join(workdir, "progress", "flips.npz")
     with np.load(progress) as stored:
