@@ -1,11 +1,12 @@
 """Bad input makes the binary exit with one clear message and write nothing.
 
-Each case runs the binary against the workdir of a finished run (or a folder named in
-the case), checks the exit status and the key words of the message, and checks that
-every file already in that folder is unchanged.
+Each case runs the binary against the workdir of a finished run or a folder named in
+the case. It checks the exit status and the key words of the message. It also checks
+that every file already in that folder is unchanged.
 """
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -140,7 +141,8 @@ def test_workdir_that_is_a_file_is_left_alone(tmp_path):
     result = run_binary(str(path), timeout=300)
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: ") and "is a file" in message, message
+    assert message.startswith("error: "), message
+    assert "is a file" in message, message
     assert path.read_text() == "my notes"
 
 
@@ -150,5 +152,20 @@ def test_folder_of_other_files_is_left_alone(tmp_path):
     result = run_binary(str(tmp_path), timeout=300)
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
-    assert "has no config.json" in message and "new or empty folder" in message, message
+    assert "has no config.json" in message, message
+    assert "new or empty folder" in message, message
     assert snapshot(str(tmp_path)) == before
+
+
+def test_diverging_training_stops_with_the_step(tmp_path):
+    workdir = str(tmp_path / "diverging")
+    result = run_binary(workdir, "--config.classifier.learning_rate=1e9", timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"error: classifier: the loss became (nan|inf) at step \d+; lower the "
+        r"learning rate or check the input images\.( The last good checkpoint.*)?",
+        message,
+    ), message
+    assert not os.path.exists(os.path.join(workdir, "checkpoints", "classifier.json"))

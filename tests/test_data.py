@@ -517,7 +517,7 @@ def test_npz_round_trip(tmp_path: pathlib.Path) -> None:
         np.testing.assert_array_equal(dataset.test_images, stored["test_images"])
 
 
-def test_npz_uint8_images_are_scaled_and_class_names_set_classes(
+def test_npz_uint8_scaling_and_class_names(
     tmp_path: pathlib.Path,
 ) -> None:
     images = np.full((6, 2, 2, 1), 255, np.uint8)

@@ -1,4 +1,4 @@
-"""Runs that find little must still finish with a report that says why.
+"""Runs that find little must still finish with a report that explains why.
 
 Most cases rerun a copy of the finished test-config workdir with one change, so only
 the stages after that change are recomputed.
@@ -53,7 +53,7 @@ def test_regions_below_the_minimum_size_are_dropped(finished_run, tmp_path):
     assert grids == [f"region_{r:02d}.png" for r in range(len(report["regions"]))]
 
 
-def test_no_region_reaching_the_minimum_finishes_with_a_note(finished_run, tmp_path):
+def test_no_regions_finish_with_a_note(finished_run, tmp_path):
     source, _ = finished_run
     workdir = copy_workdir(source, tmp_path / "no_regions")
     result = run_binary(

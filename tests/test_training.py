@@ -87,7 +87,7 @@ def test_resumed_loop_equals_uninterrupted_loop(tmp_path):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_nonfinite_loss_names_first_bad_step_and_keeps_last_good_checkpoint(tmp_path):
+def test_nonfinite_loss_keeps_last_checkpoint(tmp_path):
     def step(state, batch, key):
         count = state["count"] + 1
         return {"count": count}, {"loss": jnp.where(count >= 7, jnp.nan, 1.0)}
@@ -135,7 +135,7 @@ def test_loop_refuses_checkpoint_past_its_end(tmp_path):
         )
 
 
-def test_cached_params_recompute_after_a_kill_between_params_and_fingerprint(tmp_path):
+def test_cached_params_survive_kill_before_fingerprint(tmp_path):
     workdir = str(tmp_path)
     old = {"w": jnp.zeros(3)}
     workdir_lib.cached_params(workdir, "model", "config-a", old, lambda _: old)
