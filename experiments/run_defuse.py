@@ -9,6 +9,7 @@ config is rejected unless --allow_config_change is passed.
 """
 
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -37,6 +38,25 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parse flags like absl does, and report a misspelt config field in one line.
+
+    ml_collections raises AttributeError or KeyError from inside flag parsing when
+    --config.FIELD names no field of the config.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull.")
+    except (AttributeError, KeyError) as error:
+        field = str(error).strip("\"'")
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        sys.exit(
+            f"error: the config has no field {field!r}; check the spelling of "
+            f"{', '.join(overrides)} against the config file."
+        )
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -55,7 +75,17 @@ def main(argv: list[str]) -> None:
     except FloatingPointError as error:
         # Training diverged; the message names the step and the checkpoint kept.
         raise SystemExit(f"error: {error}") from None
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        first_line = str(error).splitlines()[0].rstrip(".")
+        raise SystemExit(
+            f"error: the accelerator or host ran out of memory ({first_line}). Lower "
+            "the batch sizes: classifier.batch_size, vae.batch_size, "
+            "identify.batch_size, correct.batch_size or correct.extra_batch_size. "
+            "Finished stages and saved progress are kept, so a rerun resumes."
+        ) from None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

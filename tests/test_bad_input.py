@@ -107,6 +107,11 @@ CASES = [
         ["config.checkpoint.every_steps=-5", "[0, inf]"],
     ),
     (
+        "misspelt config field",
+        lambda _: ["--config.correct.lamda=0.3"],
+        ["no field 'lamda'", "--config.correct.lamda"],
+    ),
+    (
         "workdir of another config",
         lambda _: ["--config.correct.lam=0.3"],
         ["different run", "config.correct.lam: 0.1 -> 0.3", "--allow_config_change"],
