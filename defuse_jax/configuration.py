@@ -90,8 +90,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise InputError(
             f"config is missing the fields {missing}; start from experiments/configs/mnist5k.py."
         )
-    _check_range(config, "seed", 0, None, integer=True)
-    _check_range(config, "dataset.split_seed", 0, None, integer=True)
+    _check_range(config, "seed", 0, 2**32 - 1, integer=True)
+    _check_range(config, "dataset.split_seed", 0, 2**32 - 1, integer=True)
     for model in ("classifier", "vae"):
         _check_range(config, f"{model}.num_epochs", 0, None, low_open=True)
         _check_range(config, f"{model}.batch_size", 1, None, integer=True)

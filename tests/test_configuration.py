@@ -30,7 +30,7 @@ def test_shipped_configs_are_valid(variant):
         ("classifier.features", (16, 0), "positive integers"),
         ("correct.lam", float("nan"), "config.correct.lam=nan must be a finite number"),
         ("annotate.annotator", "crowd", "use one of majority_source"),
-        ("dataset.split_seed", -1, r"split_seed=-1 .* \[0, inf\]"),
+        ("dataset.split_seed", -1, r"split_seed=-1 .* \[0, 4294967295\]"),
     ],
 )
 def test_bad_values_raise_input_error(field, value, message):
@@ -122,3 +122,12 @@ def test_params_digest_follows_values():
     assert configuration.params_digest(params) != configuration.params_digest(
         {"w": jnp.ones(3)}
     )
+
+
+def test_seed_above_uint32_raises():
+    config = mnist5k.get_config()
+    config.seed = 2**32
+    with pytest.raises(
+        configuration.InputError, match=r"seed=4294967296 .* 4294967295"
+    ):
+        configuration.validate_config(config)
