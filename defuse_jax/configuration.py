@@ -173,19 +173,26 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: Any) ->
 
 def check_classifier(
     apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, dataset: Any
-) -> None:
-    """Raise InputError unless `apply_fn(params, images)` gives finite float logits.
+) -> str:
+    """Check a given classifier once, and return a digest of its params and outputs.
 
-    The check runs once, on the first two training images, before any long work.
+    `jax.jit(apply_fn)(params, images)` runs on the first five training images (an odd
+    batch size, so code that assumes a batch size fails here) and must give finite
+    float logits of shape [5, num_classes]. The digest covers the params and those
+    logits, so a changed apply_fn with the same params still changes it.
+
+    Raises:
+        InputError: The call fails or its output is not such logits.
     """
-    images = jax.numpy.asarray(dataset.train_images[:2])
+    images = jax.numpy.asarray(dataset.train_images[:5])
     expected = (len(images), dataset.num_classes)
     try:
-        logits = apply_fn(params, images)
+        logits = jax.jit(apply_fn)(params, images)
     except Exception as error:  # Any failure of user code is reported as bad input.
         raise InputError(
-            f"The classifier's apply_fn failed on a batch of images of shape "
-            f"{images.shape} (float32 in [0, 1], NHWC): {type(error).__name__}: {error}"
+            f"The classifier's apply_fn failed under jax.jit on a batch of images of "
+            f"shape {images.shape} (float32 in [0, 1], NHWC): "
+            f"{type(error).__name__}: {error}"
         ) from error
     shape = getattr(logits, "shape", None)
     dtype = getattr(logits, "dtype", None)
@@ -200,11 +207,15 @@ def check_classifier(
             f"The classifier returned logits of dtype {dtype}; expected a floating "
             "dtype such as float32. Return logits, not predicted labels."
         )
-    if not np.all(np.isfinite(np.asarray(logits))):
+    logits = np.asarray(logits)
+    if not np.all(np.isfinite(logits)):
         raise InputError(
             "The classifier returned non-finite logits on the first training images; "
             "check its params."
         )
+    return fingerprint(
+        params_digest(params), hashlib.sha256(logits.tobytes()).hexdigest()
+    )
 
 
 def params_digest(params: Any) -> str:

@@ -30,6 +30,8 @@ from absl import logging
 
 ALLOWED_NAME_FORMS = ('"mnist5k"', '"digits"', '"idx:DIR"', '"npz:FILE"')
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+# Without class_names, an npz file's classes are 0 to its largest label, up to this many.
+MAX_INFERRED_CLASSES = 1000
 
 # IDX file names used by MNIST and Fashion-MNIST. Each may also carry a ".gz" suffix.
 IDX_TRAIN_IMAGES = "train-images-idx3-ubyte"
@@ -214,6 +216,10 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
 
 def _validate_images(images: Any, *, where: str) -> np.ndarray:
     """Check images as `validate_arrays` documents and return them as float32."""
+    if np.iscomplexobj(images):
+        raise ValueError(
+            f"Images of the {where} are complex numbers: expected real values in [0, 1]."
+        )
     try:
         images = np.asarray(images, dtype=np.float32)
     except (TypeError, ValueError) as error:
@@ -432,6 +438,11 @@ def _load_npz(name: str) -> Dataset:
             f"Dataset file {str(path)!r} of {name!r} is missing: expected an .npz "
             f"file with the arrays {', '.join(NPZ_KEYS)} (and optionally class_names)."
         )
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{str(path)!r} of {name!r} is not an .npz file (a zip archive of arrays); "
+            "write it with np.savez."
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -446,6 +457,7 @@ def _load_npz(name: str) -> Dataset:
             f"holds {', '.join(sorted(arrays)) or 'no arrays'}. Save the four arrays "
             f"{', '.join(NPZ_KEYS)} with np.savez."
         )
+
     splits = {}
     for split in ("train", "test"):
         images = arrays[f"{split}_images"]
@@ -456,6 +468,7 @@ def _load_npz(name: str) -> Dataset:
             _validate_images(images, where=where),
             arrays[f"{split}_labels"],
         )
+
     if "class_names" in arrays:
         class_names = tuple(str(n) for n in np.asarray(arrays["class_names"]).ravel())
     else:
@@ -468,12 +481,20 @@ def _load_npz(name: str) -> Dataset:
             ),
             default=1,
         )
+        if largest >= MAX_INFERRED_CLASSES:
+            raise ValueError(
+                f"The largest label in {name!r} is {largest}, so it would have "
+                f"{largest + 1} classes. Save a class_names array with one name per "
+                "class to use more than "
+                f"{MAX_INFERRED_CLASSES} classes, or fix the labels."
+            )
         class_names = tuple(str(label) for label in range(max(largest + 1, 2)))
     for split, (images, labels) in splits.items():
         labels = _validate_labels(
             labels, len(class_names), where=f"{split} split of {name}"
         )
         splits[split] = (images, labels.astype(np.int32))
+
     return Dataset(
         name=name,
         train_images=splits["train"][0],

@@ -169,8 +169,10 @@ def run(
         config.classifier.hidden_dim,
     )
     if audited is not None:
-        configuration.check_classifier(audited.apply_fn, audited.params, dataset)
-        classifier_record = "given:" + configuration.params_digest(audited.params)
+        audited_digest = configuration.check_classifier(
+            audited.apply_fn, audited.params, dataset
+        )
+        classifier_record = f"given:{audited_digest}"
     else:
         classifier_record = "trained from config.classifier"
     record = {
@@ -210,13 +212,28 @@ def run(
         dataset.num_classes,
     )
     try:
-        return _run_stages(state, cnn, vae_model, audited, record["dataset_digest"])
+        return _run_stages(state, cnn, vae_model, audited, record)
     finally:
         state.writer.close()
 
 
 def _check_dataset(dataset: data.Dataset) -> None:
     """Raise InputError unless a dataset passed to `run` has valid arrays."""
+    if not isinstance(dataset, data.Dataset):
+        raise InputError(
+            f"dataset is a {type(dataset).__name__}; pass a defuse_jax.data.Dataset."
+        )
+    for field in ("train_images", "train_labels", "test_images", "test_labels"):
+        if not isinstance(getattr(dataset, field), np.ndarray):
+            raise InputError(
+                f"dataset.{field} is a {type(getattr(dataset, field)).__name__}; pass "
+                "a numpy array (np.asarray converts it)."
+            )
+    if len(dataset.class_names) != dataset.num_classes:
+        raise InputError(
+            f"dataset.class_names has {len(dataset.class_names)} names for "
+            f"dataset.num_classes={dataset.num_classes}; give one name per class."
+        )
     for split in ("train", "test"):
         try:
             data.validate_arrays(
@@ -234,10 +251,12 @@ def _run_stages(
     cnn: models.CNN,
     vae_model: models.VAE,
     audited: Classifier | None,
-    data_digest: str,
+    record: dict[str, Any],
 ) -> dict[str, Any]:
     config, dataset = run_state.config, run_state.dataset
-    data_fingerprint = fingerprint(config.dataset, config.seed, data_digest)
+    data_fingerprint = fingerprint(
+        config.dataset, config.seed, record["dataset_digest"]
+    )
 
     # Classifier: the model under audit.
     num_train = len(dataset.train_images)
@@ -247,9 +266,7 @@ def _run_stages(
             classifier_params = _train_classifier(run_state, cnn, clf_fingerprint)
         else:
             logging.info("Auditing the given classifier instead of training one.")
-            clf_fingerprint = fingerprint(
-                data_fingerprint, configuration.params_digest(audited.params)
-            )
+            clf_fingerprint = fingerprint(data_fingerprint, record["classifier"])
             classifier_params = audited.params
         test_accuracy = classifier.accuracy(
             run_state.apply_fn,

@@ -30,6 +30,10 @@ _CORRECTION_OUTPUTS = (
     "checkpoints/corrected.json",
     "checkpoints/baseline",
     "checkpoints/baseline.json",
+    "progress/corrected",
+    "progress/corrected.json",
+    "progress/baseline",
+    "progress/baseline.json",
 )
 
 
@@ -477,6 +481,9 @@ def _write_report(
             "image_shape": list(run.dataset.image_shape),
         }
         summary["output"] = f"{len(region_records)} region grids"
+    progress = os.path.join(run.workdir, "progress")
+    if os.path.isdir(progress) and not os.listdir(progress):
+        os.rmdir(progress)
     outputs["stage_seconds"] = dict(run.durations)
     outputs["package_versions"] = workdir_lib.package_versions()
     report.write_json(os.path.join(run.workdir, "report.json"), outputs)

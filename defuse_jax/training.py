@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -226,8 +227,23 @@ class _Checkpoints:
                 f"{num_steps} steps of this run; delete that folder to start again."
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        with _quiet_orbax():
-            state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            with _quiet_orbax():
+                state = self._manager.restore(
+                    step, args=ocp.args.StandardRestore(abstract)
+                )
+        except Exception as error:  # noqa: BLE001 - orbax raises many types here.
+            logging.warning(
+                "%s: cannot restore the checkpoint in %s (%s: %s); starting again.",
+                name,
+                self.path,
+                type(error).__name__,
+                error,
+            )
+            self._manager.close()
+            shutil.rmtree(self.path)
+            self.__init__(self.path)
+            return like, 0
         logging.info(
             "%s: restored the checkpoint at step %d from %s.", name, step, self.path
         )

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import zipfile
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -100,10 +101,17 @@ def check_workdir(
         with open(path, encoding="utf-8") as file:
             stored = json.load(file)
     except (OSError, ValueError) as error:
-        raise InputError(
-            f"Cannot read {path}: {error}. Pass a new --workdir, or delete that file to "
-            "let this run recompute every stage there."
-        ) from error
+        stored, problem = None, str(error)
+    else:
+        problem = "" if isinstance(stored, dict) else "it is not a JSON object"
+    if problem:
+        if not allow_change:
+            raise InputError(
+                f"Cannot read {path}: {problem}. Pass --allow_config_change to "
+                "overwrite it (stages whose fingerprints still match are reused), or "
+                "pass a new --workdir."
+            )
+        return [f"config.json: unreadable ({problem})"]
     old, new = _comparable(stored), _comparable(record)
     changes = [
         f"{key}: {old.get(key, '(missing)')!r} -> {new.get(key, '(missing)')!r}"
@@ -128,7 +136,13 @@ def write_record(workdir: str, record: dict[str, Any], changes: list[str]) -> No
     When the inputs changed, the old report outputs are deleted first, so no report of
     the old inputs remains while the new one is being computed.
     """
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as error:
+        raise InputError(
+            f"Cannot create --workdir={workdir!r}: {error}. Pass a folder path you can "
+            "write to."
+        ) from error
     if changes:
         logging.warning(
             "The inputs differ from those of the run in %s, so stages that depend on "
@@ -201,14 +215,19 @@ def remove_progress(workdir: str, name: str) -> None:
 def load_arrays(path: str, stage_fingerprint: str) -> dict[str, np.ndarray] | None:
     """Return the arrays of an .npz file written by `save_arrays` with this fingerprint.
 
-    Returns None when the file is missing, unreadable or has another fingerprint.
+    Returns None when the file is missing, unreadable or has another fingerprint; an
+    unreadable file is logged, so its stage is recomputed.
     """
+    if not os.path.exists(path):
+        return None
     try:
-        with np.load(path) as stored:
+        # An open file object, because np.load leaks its own on a damaged archive.
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as stored:
             if str(stored["fingerprint"]) != stage_fingerprint:
                 return None
             return {k: stored[k] for k in stored.files if k != "fingerprint"}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        logging.warning("Cannot read %s (%s); computing it again.", path, error)
         return None
 
 
@@ -244,7 +263,16 @@ def cached_params(
         logging.info(
             "Reusing %s params from %s (fingerprint %s).", name, path, stage_fingerprint
         )
-        return training.restore_params(path, like)
+        try:
+            return training.restore_params(path, like)
+        except Exception as error:  # noqa: BLE001 - orbax raises many types here.
+            logging.warning(
+                "Cannot restore %s (%s: %s); computing it again.",
+                path,
+                type(error).__name__,
+                error,
+            )
+            stored = None
     logging.info(
         "Computing %s params: %s.",
         name,

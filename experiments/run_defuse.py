@@ -9,6 +9,7 @@ config is rejected unless --allow_config_change is passed.
 """
 
 import os
+import re
 import sys
 
 import jax
@@ -39,21 +40,29 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """Parse flags like absl does, and report a misspelt config field in one line.
+    """Parse flags like absl does, but end every parse error with one `error:` line.
 
     ml_collections raises AttributeError or KeyError from inside flag parsing when
-    --config.FIELD names no field of the config.
+    --config.FIELD names no field of the config, and the config file's own errors
+    (such as an unknown variant) as ValueError.
     """
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        sys.exit(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull.")
+        # absl puts the traceback of an error in the --config file into the message;
+        # its last line names the error.
+        last_line = [line for line in str(error).splitlines() if line.strip()][-1]
+        sys.exit(f"error: {last_line.rstrip('.')}. Pass --helpshort for the flags.")
+    except (ValueError, TypeError) as error:
+        # Raised while loading the --config file, for example for an unknown variant.
+        sys.exit(f"error: invalid --config: {error}")
     except (AttributeError, KeyError) as error:
-        field = str(error).strip("\"'")
         overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        hint = re.search(r'Did you mean \\*"(\w+)\\*"', str(error))
         sys.exit(
-            f"error: the config has no field {field!r}; check the spelling of "
-            f"{', '.join(overrides)} against the config file."
+            f"error: the config has no field named by {', '.join(overrides)}"
+            + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
+            + "; check the spelling against the config file."
         )
 
 

@@ -107,9 +107,14 @@ CASES = [
         ["config.checkpoint.every_steps=-5", "[0, inf]"],
     ),
     (
+        "value that is not a number",
+        lambda _: ["--config.correct.lam=abc"],
+        ["--config.correct.lam=abc", "could not convert"],
+    ),
+    (
         "misspelt config field",
         lambda _: ["--config.correct.lamda=0.3"],
-        ["no field 'lamda'", "--config.correct.lamda"],
+        ["no field named by --config.correct.lamda", 'did you mean "lam"'],
     ),
     (
         "workdir of another config",
@@ -148,6 +153,16 @@ def test_workdir_that_is_a_file_is_left_alone(tmp_path):
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("error: "), message
     assert "is a file" in message, message
+    assert path.read_text() == "my notes"
+
+
+def test_workdir_under_a_file_is_rejected(tmp_path):
+    path = tmp_path / "results"
+    path.write_text("my notes")
+    result = run_binary(str(path / "run"), timeout=300)
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: Cannot create --workdir="), message
     assert path.read_text() == "my notes"
 
 

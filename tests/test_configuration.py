@@ -102,7 +102,9 @@ def test_check_classifier_accepts_float_logits_of_every_class():
 @pytest.mark.parametrize(
     ("apply_fn", "message"),
     [
-        (_logits_fn(3), r"logits of shape \(2, 3\) for 2 images; expected \(2, 2\)"),
+        (_logits_fn(3), r"logits of shape \(5, 3\) for 5 images; expected \(5, 2\)"),
+        (lambda params, images: jnp.zeros((2, 2)), r"logits of shape \(2, 2\)"),
+        (lambda params, images: np.asarray(images)[:, 0, 0], "failed under jax.jit"),
         (_logits_fn(2, jnp.int32), "dtype int32; expected a floating dtype"),
         (_logits_fn(2, value=jnp.nan), "non-finite logits"),
         (lambda params, images: params["missing"], "apply_fn failed.*KeyError"),
@@ -112,6 +114,15 @@ def test_check_classifier_accepts_float_logits_of_every_class():
 def test_check_classifier_rejects_bad_outputs(apply_fn, message):
     with pytest.raises(configuration.InputError, match=message):
         configuration.check_classifier(apply_fn, {}, _tiny_dataset())
+
+
+def test_classifier_digest_follows_outputs():
+    dataset = _tiny_dataset()
+    dataset.train_images[:] = 0.5
+    first = configuration.check_classifier(_logits_fn(2), {}, dataset)
+    assert configuration.check_classifier(_logits_fn(2), {}, dataset) == first
+    other = configuration.check_classifier(_logits_fn(2, value=1.0), {}, dataset)
+    assert other != first
 
 
 def test_params_digest_follows_values():

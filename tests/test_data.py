@@ -565,5 +565,21 @@ def test_npz_missing_or_unreadable_file(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="is missing: expected an .npz file"):
         data.load_dataset(f"npz:{tmp_path / 'none.npz'}")
     (tmp_path / "text.npz").write_text("not an archive")
-    with pytest.raises(ValueError, match="Cannot read"):
+    with pytest.raises(ValueError, match="is not an .npz file"):
         data.load_dataset(f"npz:{tmp_path / 'text.npz'}")
+
+
+def test_npz_huge_label_without_class_names(tmp_path: pathlib.Path) -> None:
+    name = _write_npz(tmp_path / "big.npz", train_labels=np.r_[0, 1, 2, 0, 1, 10**9])
+    with pytest.raises(ValueError, match="largest label .* is 1000000000"):
+        data.load_dataset(name)
+
+
+def test_npz_text_file_and_complex_images(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "notes.npz").write_text("hello")
+    with pytest.raises(ValueError, match="is not an .npz file"):
+        data.load_dataset(f"npz:{tmp_path / 'notes.npz'}")
+    complex_images = np.zeros((6, 5, 4, 3), np.complex64)
+    name = _write_npz(tmp_path / "complex.npz", train_images=complex_images)
+    with pytest.raises(ValueError, match="complex numbers"):
+        data.load_dataset(name)

@@ -212,5 +212,35 @@ def test_check_workdir_refuses_foreign_or_unreadable_folders(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    with pytest.raises(InputError, match="Cannot read"):
-        workdir_lib.check_workdir(str(broken), _record(), allow_change=True)
+    with pytest.raises(InputError, match="Cannot read.*--allow_config_change"):
+        workdir_lib.check_workdir(str(broken), _record(), allow_change=False)
+    changes = workdir_lib.check_workdir(str(broken), _record(), allow_change=True)
+    assert changes[0].startswith("config.json: unreadable")
+
+    (broken / "config.json").write_text("[]")
+    with pytest.raises(InputError, match="not a JSON object"):
+        workdir_lib.check_workdir(str(broken), _record(), allow_change=False)
+
+
+def test_unreadable_arrays_are_computed_again(tmp_path):
+    path = tmp_path / "flips.npz"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    arrays = workdir_lib.cached_arrays(
+        str(tmp_path), "flips", "config-a", lambda: {"codes": np.ones(2)}
+    )
+    np.testing.assert_array_equal(arrays["codes"], np.ones(2))
+    assert workdir_lib.load_arrays(str(path), "config-a") is not None
+
+
+def test_damaged_params_are_computed_again(tmp_path):
+    workdir = str(tmp_path)
+    params = {"w": jnp.zeros(3)}
+    workdir_lib.cached_params(workdir, "model", "config-a", params, lambda _: params)
+    folder = os.path.join(workdir, "checkpoints", "model")
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as file:
+                file.write(b"damaged")
+    new = {"w": jnp.ones(3)}
+    got = workdir_lib.cached_params(workdir, "model", "config-a", params, lambda _: new)
+    np.testing.assert_array_equal(got["w"], np.ones(3))

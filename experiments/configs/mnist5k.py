@@ -15,7 +15,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # "mnist5k", "digits", "idx:DIR" (a folder of MNIST-format IDX files), or
     # "npz:FILE" (arrays train_images, train_labels, test_images, test_labels).
     config.dataset.name = "mnist5k"
-    # Test split size for mnist5k and digits: a count, or a fraction when below 1.
+    # Test split size for mnist5k and digits, as a number of examples.
     config.dataset.test_size = 1000
     config.dataset.split_seed = 0
 
