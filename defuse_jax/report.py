@@ -11,10 +11,6 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # Files only; never open a window.
-import matplotlib.pyplot as plt
 import numpy as np
 
 
@@ -112,6 +108,13 @@ def save_image_grid(
             np.repeat(tile, 3, axis=-1) if channels == 1 else tile[..., :3]
         )
     scale = 1.3 / width  # Inches per pixel, so a tile is about 1.3 inches wide.
+    # Imported on use: matplotlib takes about a second to import, and runs that stop
+    # on bad input never draw.
+    import matplotlib
+
+    matplotlib.use("Agg")  # Files only; never open a window.
+    import matplotlib.pyplot as plt
+
     figure = plt.figure(
         figsize=(mosaic.shape[1] * scale, mosaic.shape[0] * scale + 0.4)
     )

@@ -244,3 +244,32 @@ def test_damaged_params_are_computed_again(tmp_path):
     new = {"w": jnp.ones(3)}
     got = workdir_lib.cached_params(workdir, "model", "config-a", params, lambda _: new)
     np.testing.assert_array_equal(got["w"], np.ones(3))
+
+
+def test_damaged_progress_checkpoint_starts_over(tmp_path, caplog):
+    state, arrays = _small_problem()
+    uninterrupted = _loop(state, arrays, classifier.train_step)
+    progress = str(tmp_path / "progress")
+    calls = []
+
+    def killed_at_step_7(s, batch, key):
+        calls.append(1)
+        if len(calls) == 7:
+            raise _Killed
+        return classifier.train_step(s, batch, key)
+
+    with pytest.raises(_Killed):
+        _loop(
+            state, arrays, killed_at_step_7, checkpoint_dir=progress, checkpoint_every=4
+        )
+    for root, _, files in os.walk(progress):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as file:
+                file.write(b"damaged")
+
+    resumed = _loop(state, arrays, classifier.train_step, checkpoint_dir=progress)
+    assert "cannot restore the checkpoint" in caplog.text
+    for got, want in zip(
+        jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params)
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
