@@ -29,6 +29,19 @@ def _small_problem():
     return state, (images, labels)
 
 
+def _killed_at_step_7():
+    """Return a train step that raises _Killed on its seventh call."""
+    calls = []
+
+    def step(s, batch, key):
+        calls.append(1)
+        if len(calls) == 7:
+            raise _Killed
+        return classifier.train_step(s, batch, key)
+
+    return step
+
+
 def _loop(state, arrays, step_fn, **kwargs):
     return training.train_loop(
         state,
@@ -47,20 +60,12 @@ def test_resumed_loop_equals_uninterrupted_loop(tmp_path):
     state, arrays = _small_problem()
     uninterrupted = _loop(state, arrays, classifier.train_step)
 
-    calls = []
-
-    def killed_at_step_7(s, batch, key):
-        calls.append(1)
-        if len(calls) == 7:
-            raise _Killed
-        return classifier.train_step(s, batch, key)
-
     progress = str(tmp_path / "progress")
     with pytest.raises(_Killed):
         _loop(
             state,
             arrays,
-            killed_at_step_7,
+            _killed_at_step_7(),
             checkpoint_dir=progress,
             checkpoint_every=4,
         )
@@ -250,17 +255,13 @@ def test_damaged_progress_checkpoint_starts_over(tmp_path, caplog):
     state, arrays = _small_problem()
     uninterrupted = _loop(state, arrays, classifier.train_step)
     progress = str(tmp_path / "progress")
-    calls = []
-
-    def killed_at_step_7(s, batch, key):
-        calls.append(1)
-        if len(calls) == 7:
-            raise _Killed
-        return classifier.train_step(s, batch, key)
-
     with pytest.raises(_Killed):
         _loop(
-            state, arrays, killed_at_step_7, checkpoint_dir=progress, checkpoint_every=4
+            state,
+            arrays,
+            _killed_at_step_7(),
+            checkpoint_dir=progress,
+            checkpoint_every=4,
         )
     for root, _, files in os.walk(progress):
         for name in files:
