@@ -70,6 +70,14 @@ def _check_choice(
         )
 
 
+def _check_bool(config: ml_collections.ConfigDict, field: str) -> None:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    if not isinstance(value, bool):
+        raise InputError(f"config.{field}={value!r} must be True or False.")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raise InputError on the first config value that is missing or out of range."""
     required = (
@@ -114,11 +122,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "identify.split", SEARCH_SPLITS)
     _check_range(config, "identify.num_perturbations", 1, None, integer=True)
     _check_range(config, "identify.max_flips_per_image", 1, None, integer=True)
-    if not isinstance(config.identify.require_correct_reconstruction, bool):
-        raise InputError(
-            "config.identify.require_correct_reconstruction="
-            f"{config.identify.require_correct_reconstruction!r} must be True or False."
-        )
+    _check_bool(config, "identify.require_correct_reconstruction")
     _check_choice(config, "identify.noise", NOISE_TYPES)
     _check_range(config, "identify.noise_scale", 0, None, low_open=True)
     _check_range(config, "identify.beta_a", 0, None, low_open=True)
@@ -128,8 +132,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_range(config, "distill.truncation", 1, None, integer=True)
     _check_range(config, "distill.alpha", 0, None, low_open=True)
     _check_choice(config, "distill.covariance_type", COVARIANCE_TYPES)
-    _check_range(config, "distill.num_steps", 1, None, integer=True)
-    _check_range(config, "distill.learning_rate", 0, None, low_open=True)
+    _check_range(config, "distill.alpha_prior_shape", 0, None)
+    _check_range(config, "distill.alpha_prior_rate", 0, None)
+    if config.distill.alpha_prior_shape > 0 and not config.distill.alpha_prior_rate > 0:
+        raise InputError(
+            "config.distill.alpha_prior_rate="
+            f"{config.distill.alpha_prior_rate!r} must be > 0 when "
+            "config.distill.alpha_prior_shape > 0 (a Gamma prior on alpha); set both, "
+            "or set alpha_prior_shape=0 to keep alpha fixed."
+        )
+    _check_range(config, "distill.max_steps", 1, None, integer=True)
+    _check_range(config, "distill.tolerance", 0, None)
+    _check_range(config, "distill.num_restarts", 1, None, integer=True)
+    _check_range(config, "distill.batch_size", 0, None, integer=True)
+    _check_bool(config, "distill.error_aware")
+    _check_range(config, "distill.merge_distance", 0, None)
     _check_range(config, "distill.min_weight", 0, 1)
     _check_range(config, "distill.min_region_size", 1, None, integer=True)
 

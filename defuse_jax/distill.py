@@ -1,13 +1,16 @@
 """Distillation: cluster misclassified latent codes with a Dirichlet-process mixture.
 
-Defuse step 2 takes the latent codes whose decoded images the classifier gets
-wrong and groups them into misclassification regions. Each region is one
-Gaussian component of a truncated stick-breaking Dirichlet-process mixture
-fitted with NumPyro's SVI. Callers later sample a region as
-N(mean, tau * covariance).
+Defuse step 2 takes the latent codes whose decoded images the classifier gets wrong
+and groups them into misclassification regions. Each region is one Gaussian component
+of a truncated stick-breaking Dirichlet-process mixture (`defuse_jax.dpmixture`), fitted
+by mean-field variational inference: coordinate ascent on the whole set of codes, or
+natural-gradient stochastic variational inference on minibatches followed by
+full-batch steps. Several restarts from k-means++ seeds run together under `vmap`, and
+the fit with the best evidence lower bound (ELBO) wins. Callers later sample a region
+as N(mean, tau * covariance).
 
-The fit works on codes standardised per dimension. The returned `Mixture`
-contains means and covariances in the original units of the codes.
+The fit works on codes standardised per dimension. The returned `Mixture` holds means
+and covariances in the original units of the codes.
 """
 
 from __future__ import annotations
@@ -20,65 +23,67 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-import optax
 from absl import logging
-from numpyro.handlers import replay, seed
-from numpyro.infer import SVI
-from numpyro.infer.autoguide import AutoNormal
-from numpyro.infer.elbo import ELBO
-from numpyro.infer.initialization import init_to_value
-from numpyro.infer.util import log_density
 
-COVARIANCE_TYPES = ("diag", "full")
+from defuse_jax import dpmixture
+from defuse_jax.dpmixture import COVARIANCE_TYPES, Layout
 
-# Priors, in units of the standardised codes (each dimension has mean 0 and
-# standard deviation 1 across the codes being fitted).
-#
-# Component means ~ Normal(0, 3): three data standard deviations, so the prior
-# barely moves a mean that any data supports.
-_MEAN_PRIOR_SCALE = 3.0
-# Component precisions get the conjugate Gamma ("diag") or Wishart ("full")
-# prior with a small pseudo-count and a prior scatter of 0.01 (1% of the data
-# variance) per dimension. For "diag", a component with n members of variance
-# var then has a conditional posterior mean precision of
-# (n + 2) / (n * var + 0.01). Clusters much tighter than the whole data set
-# therefore stay nearly unbiased, but no component can collapse onto one or two
-# codes, where the density would grow without bound.
-_PRIOR_SCATTER = 0.01
-# Gamma(concentration=1, rate=0.01 / 2) is the one-dimensional Wishart with
-# two degrees of freedom and the same scatter.
-_GAMMA_CONCENTRATION = 1.0
-# Smallest variance used to initialise the component precisions, so that an
-# initial partition with zero spread (fewer codes than components) still
-# gives finite precisions.
-_MIN_INITIAL_VARIANCE = 1e-4
-# The Adam step size follows a cosine decay from `learning_rate` to this
-# fraction of it at the last step.
-_FINAL_LEARNING_RATE_FRACTION = 0.01
-# Initial standard deviation of every AutoNormal factor, in unconstrained
-# coordinates. A small value starts the fit close to the k-means++ point
-# estimate, and the optimiser widens the factors where the data allow.
-_GUIDE_INIT_SCALE = 0.01
+__all__ = [
+    "COVARIANCE_TYPES",
+    "Mixture",
+    "assign",
+    "fit_mixture",
+    "log_likelihoods",
+    "merge_duplicates",
+    "responsibilities",
+    "select_regions",
+]
+
+# Codes per chunk of the E-step: it bounds the [chunk, K] and [chunk, F] temporaries.
+_CHUNK_SIZE = 8192
+# k-means++ seeds come from at most this many codes.
+_SEEDING_SAMPLE = 50_000
+# Above this many codes (without a batch size), restarts fit a sample of this size.
+_SAMPLE_SIZE = 20_000
+# Full-batch steps every restart takes before the best one continues alone.
+_SCREEN_STEPS = 8
+# Natural-gradient step size (step + _DELAY) ** -_FORGETTING (Hoffman et al., 2013).
+_DELAY = 10.0
+_FORGETTING = 0.7
+# The minibatch phase ends once the smoothed ELBO estimate has not risen by more
+# than the tolerance for this many steps.
+_PATIENCE = 20
+_SMOOTHING = 0.9
+# Seconds between progress lines of a long fit.
+_LOG_INTERVAL = 10.0
 
 
 class Mixture(NamedTuple):
     """Fitted Gaussian mixture over latent codes, in the codes' original units.
 
     Attributes:
-        weights: [K] mixing weights, non-negative and summing to 1.
+        weights: [K] expected mixing weights, non-negative and summing to 1.
         means: [K, L] component means.
-        covariances: [K, L, L] component covariance matrices. They are
-            diagonal matrices when the fit used `covariance_type="diag"`.
-        elbo_trace: [num_steps] evidence lower bound after each SVI step,
-            estimated from one sample of the variational posterior.
+        covariances: [K, L, L] component covariances (the inverse of the expected
+            precision). Diagonal matrices for "diag" and "spherical" fits.
+        elbo_trace: [T] ELBO of the winning restart after each full-batch step on
+            all codes, in nats (with labels, their terms included). For more than
+            20,000 codes or with `batch_size`, the steps on the sample and the
+            minibatch steps come before it and are not in the trace.
+        restart_elbos: [R] ELBO of every restart when the winner was chosen: after
+            at most 8 full-batch steps, or at convergence on the sample.
+        source_probs: [K, C] expected source-label distribution of each component;
+            [K, 0] when the fit did not model labels.
+        predicted_probs: [K, C] expected predicted-label distribution; [K, 0] likewise.
     """
 
     weights: jax.Array
     means: jax.Array
     covariances: jax.Array
     elbo_trace: jax.Array
+    restart_elbos: jax.Array
+    source_probs: jax.Array
+    predicted_probs: jax.Array
 
 
 def fit_mixture(
@@ -87,137 +92,571 @@ def fit_mixture(
     *,
     truncation: int = 20,
     alpha: float = 1.0,
+    alpha_prior: tuple[float, float] | None = None,
     covariance_type: str = "diag",
-    num_steps: int = 2000,
-    learning_rate: float = 0.05,
+    max_steps: int = 500,
+    tolerance: float = 1e-5,
+    num_restarts: int = 4,
+    batch_size: int | None = None,
+    labels: tuple[np.ndarray, np.ndarray, int] | None = None,
 ) -> Mixture:
     """Fit a truncated Dirichlet-process Gaussian mixture to latent codes.
 
-    The model marginalises the component assignments and is fitted by SVI
-    with an `AutoNormal` guide and Adam, starting from k-means++ seeds. The
-    returned parameters are the medians of the variational posterior, mapped
-    back to the units of `codes`. The result is a deterministic function of
-    `codes`, `key` and the options on a given backend.
+    Each restart seeds the K components by k-means++ and assigns every code to its
+    nearest seed. For at most 20,000 codes (and no smaller `batch_size`), all
+    restarts take up to 8 coordinate-ascent steps together, and the one with the
+    best ELBO continues until the ELBO rises by less than `tolerance` nats per code
+    or `max_steps` is reached. For more codes, each restart is fitted to
+    convergence on a random sample of 20,000 codes (or `batch_size`), where the
+    stick-breaking prior empties duplicate components sooner; with `batch_size`,
+    natural-gradient steps on minibatches of all codes then refine the best one
+    until its smoothed ELBO estimate stops rising; full-batch steps on every code
+    finish the fit. After every step the components are renumbered by decreasing
+    size, so the stick-breaking prior sees the largest first.
 
-    NOTE: every new combination of code shape, `truncation`, `covariance_type`
-    and `num_steps` compiles the SVI loop again. On a 2-core CPU this took
-    about 7 to 15 s for 10,000 x 10 codes with K = 20, two to three times
-    the run time of the 2,000 steps themselves.
+    The result is a deterministic function of the inputs on a given backend.
+
+    NOTE: every new combination of code shape, truncation, covariance type,
+    restarts, batch size and label classes compiles the fit again (a few seconds).
 
     Args:
         codes: [M, L] latent codes, finite, with M >= 2.
-        key: JAX PRNG key. It seeds the k-means++ initialisation and the
-            Monte Carlo ELBO estimates.
-        truncation: K, the number of mixture components (stick-breaking
-            truncation level).
-        alpha: Dirichlet-process concentration, > 0. Each stick fraction has
-            the prior Beta(1, alpha), so a larger alpha spreads weight over
-            more components.
-        covariance_type: "diag" for diagonal covariances or "full" for full
-            covariance matrices.
-        num_steps: number of SVI steps.
-        learning_rate: initial Adam step size, > 0. It decays along a cosine
-            schedule to 1% of this value at the last step.
+        key: JAX PRNG key for the seeds and the minibatches.
+        truncation: K, the number of mixture components.
+        alpha: Dirichlet-process concentration, > 0, when `alpha_prior` is None.
+            Stick fractions have the prior Beta(1, alpha); a larger alpha spreads
+            weight over more components.
+        alpha_prior: (shape, rate) of a Gamma prior on alpha, both > 0, to infer
+            alpha instead of fixing it.
+        covariance_type: "full", "diag" or "spherical".
+        max_steps: cap on the steps of each phase.
+        tolerance: convergence threshold on the ELBO change per step, in nats per
+            code, >= 0.
+        num_restarts: number of k-means++ restarts fitted together.
+        batch_size: size of the restarts' sample and of each minibatch step, or
+            None for no minibatch steps. Every code is fitted either way.
+        labels: (source_labels [M], predicted_labels [M], num_classes) to make each
+            component also carry categorical distributions over the two labels
+            (the error-aware mixture), or None.
 
     Returns:
-        The fitted `Mixture` with weights [K], means [K, L], covariances
-        [K, L, L] and an ELBO trace [num_steps].
+        The fitted `Mixture` of the restart with the best ELBO.
 
     Raises:
         ValueError: if an argument has an invalid value. The message names it.
-        TypeError: if `truncation` or `num_steps` is not an int.
-        FloatingPointError: if the ELBO became non-finite; the message names
-            the first such SVI step.
+        TypeError: if a count is not an int.
+        FloatingPointError: if the ELBO became non-finite.
     """
     codes = np.asarray(codes)
     _check_codes(codes)
-    _check_fit_options(truncation, alpha, covariance_type, num_steps, learning_rate)
+    _check_fit_options(
+        truncation,
+        alpha,
+        alpha_prior,
+        covariance_type,
+        max_steps,
+        tolerance,
+        num_restarts,
+        batch_size,
+    )
     if not np.issubdtype(codes.dtype, np.floating):
         codes = codes.astype(np.float32)
-
     num_codes, num_dims = codes.shape
+    source, predicted, num_classes = _check_labels(labels, num_codes)
+    layout = Layout(num_dims, covariance_type, num_classes)
+    if batch_size is not None and batch_size >= num_codes:
+        batch_size = None
     logging.info(
-        "Fitting a Dirichlet-process mixture: %d codes of dimension %d, "
-        "truncation %d, alpha %g, %s covariances, %d SVI steps.",
+        "Fitting a Dirichlet-process mixture: %d codes of dimension %d, truncation "
+        "%d, %s, %s covariances, %d restarts, %s, %s.",
         num_codes,
         num_dims,
         truncation,
-        alpha,
+        f"alpha ~ Gamma{tuple(alpha_prior)}" if alpha_prior else f"alpha {alpha:g}",
         covariance_type,
-        num_steps,
+        num_restarts,
+        f"minibatches of {batch_size}" if batch_size else "full batch",
+        f"{num_classes} label classes" if num_classes else "no labels",
     )
     constant = np.flatnonzero(np.all(codes == codes[0], axis=0))
     if constant.size:
         logging.warning(
-            "Codes are constant in dimensions %s; the prior alone bounds their "
+            "Codes are constant in dimensions %s; the prior alone sets their "
             "fitted variances.",
             constant.tolist(),
         )
     start = time.perf_counter()
-
-    mixture = _fit(
+    _PROGRESS.reset(start)
+    fit = _fit(
         codes,
+        source,
+        predicted,
         key,
-        alpha,
-        learning_rate,
+        float(alpha),
+        tuple(float(v) for v in alpha_prior) if alpha_prior else (0.0, 0.0),
+        float(tolerance),
+        layout=layout,
         truncation=truncation,
-        covariance_type=covariance_type,
-        num_steps=num_steps,
+        max_steps=max_steps,
+        num_restarts=num_restarts,
+        batch_size=batch_size,
     )
-    mixture = jax.block_until_ready(mixture)
-    _check_elbo(np.asarray(mixture.elbo_trace), learning_rate)
-
+    mixture, num_steps, converged = jax.device_get(fit)
+    trace = np.asarray(mixture.elbo_trace)[: int(num_steps)]
+    mixture = mixture._replace(elbo_trace=trace)
+    _check_elbo(trace, np.asarray(mixture.restart_elbos))
+    if not converged:
+        logging.warning(
+            "The mixture fit stopped at max_steps=%d before the ELBO change fell "
+            "below %g nats per code; raise max_steps for a converged fit.",
+            max_steps,
+            tolerance,
+        )
     weights = np.asarray(mixture.weights)
     logging.info(
-        "Fitted the mixture in %.2f s: final ELBO %.4g, %d of %d components "
-        "with weight >= 0.01.",
+        "Fitted the mixture in %.2f s: %d full-batch steps, ELBO %.6g (restarts: "
+        "%s), %d of %d components with weight >= 0.01.",
         time.perf_counter() - start,
-        float(mixture.elbo_trace[-1]),
+        int(num_steps),
+        float(trace[-1]),
+        ", ".join(f"{v:.6g}" for v in np.asarray(mixture.restart_elbos)),
         np.count_nonzero(weights >= 0.01),
         truncation,
     )
     return mixture
 
 
-class _OrderedElbo(ELBO):
-    """One-sample ELBO whose terms are summed in trace order.
+class _Progress:
+    """Host-side progress log of the running fit, called from the compiled loop."""
 
-    numpyro's Trace_ELBO sums the per-site terms in the order of a Python set, which
-    follows the process's string hash seed. Its loss values then differ in the last bit
-    from one process to the next, and so would the ELBO trace this module stores. This
-    loss has the same value and gradients up to that rounding, in a fixed order.
-    """
+    def __init__(self):
+        self.reset(time.perf_counter())
 
-    def loss_with_mutable_state(
-        self, rng_key, param_map, model, guide, *args, **kwargs
-    ):
-        model_seed, guide_seed = jax.random.split(rng_key)
-        guide_log_density, guide_trace = log_density(
-            seed(guide, guide_seed), args, kwargs, param_map
+    def reset(self, start: float) -> None:
+        self.start = start
+        self.last = start
+
+    def __call__(self, phase, restart, step, elbo, active, done) -> None:
+        now = time.perf_counter()
+        if bool(done) or now - self.last < _LOG_INTERVAL:
+            return
+        self.last = now
+        logging.info(
+            "mixture fit, %s phase: restart %d, step %d, ELBO %.6g, %d components "
+            "hold >= 1%% of the codes (%.0f s).",
+            ("minibatch", "full-batch")[int(phase)],
+            int(restart),
+            int(step),
+            float(elbo),
+            int(active),
+            now - self.start,
         )
-        model_log_density, _ = log_density(
-            replay(seed(model, model_seed), guide_trace), args, kwargs, param_map
-        )
-        return {"loss": guide_log_density - model_log_density, "mutable_state": None}
 
 
-def _check_elbo(trace: np.ndarray, learning_rate: float) -> None:
-    """Raise FloatingPointError naming the first SVI step whose ELBO is not finite."""
+_PROGRESS = _Progress()
+
+
+def _check_elbo(trace: np.ndarray, restart_elbos: np.ndarray) -> None:
+    """Raise FloatingPointError if the winning trace or every restart is non-finite."""
     bad = np.flatnonzero(~np.isfinite(trace))
-    if bad.size:
+    if bad.size or not np.isfinite(restart_elbos).any():
+        where = f"at full-batch step {bad[0] + 1}" if bad.size else "in every restart"
         raise FloatingPointError(
-            f"distill: the ELBO became {trace[bad[0]]} at SVI step {bad[0] + 1} of "
-            f"{trace.size}; lower the learning rate (now {learning_rate:g}) or check "
-            "the codes for extreme values."
+            f"distill: the ELBO became non-finite {where}; check the codes for "
+            "extreme values (for example codes of a diverged VAE)."
         )
 
 
-def log_likelihoods(mixture: Mixture, codes: jax.Array) -> jax.Array:
+class _Data(NamedTuple):
+    """Per-code features (`dpmixture.features`), padded to whole chunks of rows."""
+
+    features: jax.Array  # [C, S, F]
+    mask: jax.Array  # [C, S], 1 for a real code and 0 for padding
+
+    def flat(self, num_codes: int) -> jax.Array:
+        """The [M, F] features of the real codes."""
+        return self.features.reshape(-1, self.features.shape[-1])[:num_codes]
+
+
+def _chunks(features: jax.Array) -> _Data:
+    """Split [M, F] features into near-equal chunks of at most `_CHUNK_SIZE` rows."""
+    num_codes = features.shape[0]
+    num_chunks = -(-num_codes // _CHUNK_SIZE)
+    chunk_size = -(-num_codes // num_chunks)
+    pad = num_chunks * chunk_size - num_codes
+    mask = jnp.pad(jnp.ones(num_codes, features.dtype), (0, pad))
+    features = jnp.pad(features, ((0, pad), (0, 0)))
+    return _Data(
+        features.reshape(num_chunks, chunk_size, -1),
+        mask.reshape(num_chunks, chunk_size),
+    )
+
+
+def _accumulate(
+    data: _Data, weights: jax.Array, *, hard: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """Sum responsibility-weighted features over all chunks.
+
+    Args:
+        data: chunked features.
+        weights: [K, F] scores: each code's component scores are features @ weights.T.
+        hard: give each code wholly to its best-scoring component (the seeding
+            pass) instead of the softmax of the scores.
+
+    Returns:
+        Statistics [K, F] and the sum over codes of logsumexp of the scores, which
+        is the data term of the ELBO when `weights` are the expected log densities.
+    """
+    num_components = weights.shape[0]
+
+    def body(carry, chunk):
+        stats, total = carry
+        features, mask = chunk
+        scores = features @ weights.T
+        if hard:
+            log_norm = jnp.zeros_like(mask)
+            resp = jax.nn.one_hot(
+                jnp.argmax(scores, axis=1), num_components, dtype=features.dtype
+            )
+        else:
+            # One exp pass gives both the responsibilities and the normaliser.
+            peak = jax.lax.stop_gradient(jnp.max(scores, axis=1, keepdims=True))
+            unnormalized = jnp.exp(scores - peak)
+            total_mass = jnp.sum(unnormalized, axis=1, keepdims=True)
+            resp = unnormalized / total_mass
+            log_norm = (peak + jnp.log(total_mass))[:, 0]
+        resp = resp * mask[:, None]
+        return (stats + resp.T @ features, total + jnp.sum(mask * log_norm)), None
+
+    init = (
+        jnp.zeros((num_components, weights.shape[1]), weights.dtype),
+        jnp.zeros((), weights.dtype),
+    )
+    (stats, total), _ = jax.lax.scan(body, init, data)
+    return stats, total
+
+
+def _by_size(stats: jax.Array, layout: Layout) -> jax.Array:
+    """Renumber the components by decreasing expected count (stable)."""
+    counts = stats[:, layout.num_second + layout.num_dims]
+    return stats[jnp.argsort(-counts, stable=True)]
+
+
+def _seed_stats(
+    key: jax.Array, codes: jax.Array, data: _Data, layout: Layout, truncation: int
+) -> jax.Array:
+    """Statistics of a hard partition of the codes around k-means++ seeds."""
+    sample_key, seed_key = jax.random.split(key)
+    num_codes = codes.shape[0]
+    if num_codes > _SEEDING_SAMPLE:
+        rows = jax.random.choice(sample_key, num_codes, (_SEEDING_SAMPLE,), False)
+        sample = codes[rows]
+    else:
+        sample = codes
+    seeds = sample[_kmeans_plus_plus(seed_key, sample, truncation)]
+    # argmax over k of 2 x.mu_k - |mu_k|^2 is the nearest seed.
+    weights = jnp.zeros((truncation, layout.num_features), codes.dtype)
+    second_end = layout.num_second
+    weights = weights.at[:, second_end : second_end + layout.num_dims].set(2.0 * seeds)
+    weights = weights.at[:, second_end + layout.num_dims].set(
+        -jnp.sum(seeds * seeds, axis=1)
+    )
+    stats, _ = _accumulate(data, weights, hard=True)
+    return _by_size(stats, layout)
+
+
+class _Options(NamedTuple):
+    layout: Layout
+    alpha: float
+    alpha_prior: tuple[float, float]
+    tolerance: float
+    num_codes: int
+    max_steps: int
+
+
+def _update(stats: jax.Array, options: _Options, data: _Data):
+    """One coordinate-ascent step: ELBO of the current posterior and the new stats."""
+    post = dpmixture.posterior(
+        stats, options.layout, options.alpha, options.alpha_prior
+    )
+    new_stats, data_term = _accumulate(
+        data, dpmixture.coefficients(post, options.layout)
+    )
+    elbo = data_term - dpmixture.kl_divergence(
+        post, options.layout, options.alpha_prior
+    )
+    return new_stats, elbo
+
+
+def _active(stats: jax.Array, options: _Options) -> jax.Array:
+    counts = stats[:, options.layout.num_second + options.layout.num_dims]
+    return jnp.sum(counts >= 0.01 * options.num_codes)
+
+
+def _log(phase: int, restart, step, elbo, active, done) -> None:
+    jax.debug.callback(_PROGRESS, phase, restart, step, elbo, active, done)
+
+
+class _Loop(NamedTuple):
+    """State of the full-batch loop."""
+
+    step: jax.Array
+    stats: jax.Array
+    elbo: jax.Array
+    trace: jax.Array
+    done: jax.Array
+
+
+def _start(stats: jax.Array, max_steps: int) -> _Loop:
+    return _Loop(
+        jnp.zeros((), jnp.int32),
+        stats,
+        jnp.asarray(-jnp.inf, stats.dtype),
+        jnp.full(max_steps, jnp.nan, stats.dtype),
+        jnp.zeros((), bool),
+    )
+
+
+def _full_batch(
+    state: _Loop, limit: int, restart: jax.Array, options: _Options, data: _Data
+) -> _Loop:
+    """Coordinate ascent until the ELBO settles or `limit` steps have run in all."""
+    threshold = options.tolerance * options.num_codes
+
+    def cond(state):
+        return (state.step < limit) & ~state.done
+
+    def body(state):
+        new_stats, elbo = _update(state.stats, options, data)
+        done = (jnp.abs(elbo - state.elbo) <= threshold) | ~jnp.isfinite(elbo)
+        _log(1, restart, state.step + 1, elbo, _active(new_stats, options), done)
+        return _Loop(
+            state.step + 1,
+            _by_size(new_stats, options.layout),
+            elbo,
+            state.trace.at[state.step].set(elbo),
+            done,
+        )
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+def _best(elbos: jax.Array) -> jax.Array:
+    return jnp.argmax(jnp.where(jnp.isfinite(elbos), elbos, -jnp.inf))
+
+
+def _minibatch(
+    stats: jax.Array,
+    key: jax.Array,
+    restart: jax.Array,
+    options: _Options,
+    features: jax.Array,
+    batch_size: int,
+):
+    """Natural-gradient steps on minibatches until the smoothed ELBO stops rising."""
+    scale = options.num_codes / batch_size
+    threshold = options.tolerance * options.num_codes
+
+    def cond(state):
+        step, _, _, _, _, since_best = state
+        return (step < options.max_steps) & (since_best < _PATIENCE)
+
+    def body(state):
+        step, stats, key, smoothed, best, since_best = state
+        key, draw = jax.random.split(key)
+        rows = jax.random.randint(draw, (batch_size,), 0, options.num_codes)
+        batch = _Data(features[rows][None], jnp.ones((1, batch_size), features.dtype))
+        post = dpmixture.posterior(
+            stats, options.layout, options.alpha, options.alpha_prior
+        )
+        batch_stats, data_term = _accumulate(
+            batch, dpmixture.coefficients(post, options.layout)
+        )
+        estimate = scale * data_term - dpmixture.kl_divergence(
+            post, options.layout, options.alpha_prior
+        )
+        smoothed = jnp.where(
+            step == 0, estimate, _SMOOTHING * smoothed + (1 - _SMOOTHING) * estimate
+        )
+        improved = smoothed > best + threshold
+        best = jnp.where(improved, smoothed, best)
+        since_best = jnp.where(jnp.isfinite(estimate), since_best + 1, _PATIENCE)
+        since_best = jnp.where(improved, 0, since_best)
+        step_size = (step + _DELAY) ** -_FORGETTING
+        stats = (1 - step_size) * stats + step_size * scale * batch_stats
+        _log(
+            0,
+            restart,
+            step + 1,
+            smoothed,
+            _active(stats, options),
+            since_best >= _PATIENCE,
+        )
+        return (
+            step + 1,
+            _by_size(stats, options.layout),
+            key,
+            smoothed,
+            best,
+            since_best,
+        )
+
+    dtype = stats.dtype
+    init = (
+        jnp.zeros((), jnp.int32),
+        stats,
+        key,
+        jnp.zeros((), dtype),
+        jnp.asarray(-jnp.inf, dtype),
+        jnp.zeros((), jnp.int32),
+    )
+    _, stats, _, _, _, _ = jax.lax.while_loop(cond, body, init)
+    return stats
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "layout",
+        "alpha_prior",
+        "truncation",
+        "max_steps",
+        "num_restarts",
+        "batch_size",
+    ),
+)
+def _fit(
+    codes: jax.Array,
+    source: jax.Array,
+    predicted: jax.Array,
+    key: jax.Array,
+    alpha: float,
+    alpha_prior: tuple[float, float],
+    tolerance: float,
+    *,
+    layout: Layout,
+    truncation: int,
+    max_steps: int,
+    num_restarts: int,
+    batch_size: int | None,
+) -> tuple[Mixture, jax.Array, jax.Array]:
+    """Standardise, fit every restart, keep the best and map it back to code units."""
+    center = jnp.mean(codes, axis=0)
+    # A constant dimension keeps unit scale instead of dividing by zero or by the
+    # rounding error of its mean.
+    constant = jnp.all(codes == codes[0], axis=0)
+    scale = jnp.where(constant, 1.0, jnp.std(codes, axis=0))
+    standardized = (codes - center) / scale
+    num_codes = codes.shape[0]
+    data = _chunks(dpmixture.features(standardized, source, predicted, layout))
+    options = _Options(layout, alpha, alpha_prior, tolerance, num_codes, max_steps)
+
+    sample_key, batch_key, key = jax.random.split(key, 3)
+    keys = jax.random.split(key, num_restarts)
+    restarts = jnp.arange(num_restarts)
+    sample_size = batch_size or _SAMPLE_SIZE
+    if num_codes <= sample_size:
+        # Every restart runs a few steps; the best then runs to convergence alone.
+        seeded = jax.vmap(
+            lambda k: _seed_stats(k, standardized, data, layout, truncation)
+        )(keys)
+        states = jax.vmap(
+            lambda s, r: _full_batch(
+                _start(s, max_steps), min(_SCREEN_STEPS, max_steps), r, options, data
+            )
+        )(seeded, restarts)
+        elbos = states.elbo
+        best = _best(elbos)
+        state = jax.tree.map(lambda leaf: leaf[best], states)
+    else:
+        # Every restart fits a random sample of codes to convergence. On a sample,
+        # the stick-breaking prior weighs more against the likelihood and empties
+        # duplicate components in fewer steps than on all codes. With `batch_size`,
+        # natural-gradient steps on minibatches of all codes refine the best fit;
+        # full-batch steps on all codes finish it in either case.
+        rows = jax.random.choice(sample_key, num_codes, (sample_size,), replace=False)
+        flat = data.flat(num_codes)
+        sample = _chunks(flat[rows])
+        sample_options = options._replace(num_codes=sample_size)
+        seeded = jax.vmap(
+            lambda k: _seed_stats(k, standardized[rows], sample, layout, truncation)
+        )(keys)
+        states = jax.vmap(
+            lambda s, r: _full_batch(
+                _start(s, max_steps), max_steps, r, sample_options, sample
+            )
+        )(seeded, restarts)
+        elbos = states.elbo
+        best = _best(elbos)
+        stats = states.stats[best] * (num_codes / sample_size)
+        if batch_size:
+            stats = _minibatch(stats, batch_key, best, options, flat, batch_size)
+        state = _start(stats, max_steps)
+    state = _full_batch(state, max_steps, best, options, data)
+    stats, trace, steps, done = state.stats, state.trace, state.step, state.done
+
+    post = dpmixture.posterior(stats, layout, alpha, alpha_prior)
+    if layout.covariance_type == "full":
+        covariances = post.scatter / post.dof[:, None, None]
+    else:
+        variances = post.scatter / post.dof[:, None]
+        variances = jnp.broadcast_to(variances, post.mean.shape)
+        covariances = jax.vmap(jnp.diag)(variances)
+    mixture = Mixture(
+        weights=dpmixture.expected_weights(post),
+        means=center + scale * post.mean,
+        # The outer product is exactly symmetric, so the covariances stay so.
+        covariances=covariances * jnp.outer(scale, scale),
+        elbo_trace=trace,
+        restart_elbos=elbos,
+        source_probs=post.source / jnp.sum(post.source, axis=1, keepdims=True),
+        predicted_probs=post.predicted / jnp.sum(post.predicted, axis=1, keepdims=True),
+    )
+    return mixture, steps, done
+
+
+@functools.partial(jax.jit, static_argnames=("num_seeds",))
+def _kmeans_plus_plus(key: jax.Array, points: jax.Array, num_seeds: int) -> jax.Array:
+    """Choose [num_seeds] row indices of `points` by k-means++ seeding.
+
+    The first seed is uniform over the points. Each further seed is drawn with
+    probability proportional to the squared distance to its nearest chosen seed.
+    When every point coincides with a seed, the draw is uniform.
+    """
+    first_key, key = jax.random.split(key)
+    first = jax.random.randint(first_key, (), 0, points.shape[0])
+    squared_distances = jnp.sum((points - points[first]) ** 2, axis=-1)
+    seeds = jnp.zeros(num_seeds, jnp.int32).at[0].set(first)
+
+    def choose_seed(i, state):
+        seeds, squared_distances, key = state
+        key, draw_key = jax.random.split(key)
+        total = jnp.sum(squared_distances)
+        logits = jnp.where(total > 0, jnp.log(squared_distances), 0.0)
+        seed = jax.random.categorical(draw_key, logits)
+        new_distances = jnp.sum((points - points[seed]) ** 2, axis=-1)
+        squared_distances = jnp.minimum(squared_distances, new_distances)
+        return seeds.at[i].set(seed), squared_distances, key
+
+    seeds, _, _ = jax.lax.fori_loop(
+        1, num_seeds, choose_seed, (seeds, squared_distances, key)
+    )
+    return seeds
+
+
+def log_likelihoods(
+    mixture: Mixture,
+    codes: jax.Array,
+    labels: tuple[jax.Array, jax.Array] | None = None,
+) -> jax.Array:
     """Compute log w_k + log N(x | mean_k, covariance_k) for every code and component.
 
     Args:
         mixture: fitted mixture with K components of dimension L.
         codes: [M, L] codes in the units of `mixture`.
+        labels: optional (source_labels [M], predicted_labels [M]). With an
+            error-aware mixture, their log probabilities under each component are
+            added; otherwise they are ignored.
 
     Returns:
         [M, K] joint log densities of each code and component.
@@ -230,39 +669,165 @@ def log_likelihoods(mixture: Mixture, codes: jax.Array) -> jax.Array:
     covariances = np.asarray(mixture.covariances)
     diagonal = np.eye(covariances.shape[-1], dtype=bool)
     is_diagonal = not np.any(covariances[..., ~diagonal])
-    return _mixture_log_likelihoods(
+    joint = _mixture_log_likelihoods(
         mixture.weights,
         mixture.means,
         mixture.covariances,
         codes,
         covariance_type="diag" if is_diagonal else "full",
     )
+    if labels is not None and np.asarray(mixture.source_probs).shape[-1]:
+        source, predicted = (jnp.asarray(v) for v in labels)
+        joint = (
+            joint
+            + jnp.log(jnp.asarray(mixture.source_probs))[:, source].T
+            + jnp.log(jnp.asarray(mixture.predicted_probs))[:, predicted].T
+        )
+    return joint
 
 
-def responsibilities(mixture: Mixture, codes: jax.Array) -> jax.Array:
-    """Compute the posterior probability of each component for each code.
+def responsibilities(
+    mixture: Mixture,
+    codes: jax.Array,
+    labels: tuple[jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """Compute the [M, K] posterior probability of each component for each code.
+
+    Arguments are those of `log_likelihoods`. Each row sums to 1.
+    """
+    return jax.nn.softmax(log_likelihoods(mixture, codes, labels), axis=-1)
+
+
+def assign(
+    mixture: Mixture,
+    codes: jax.Array,
+    labels: tuple[jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """Assign each code to its most probable component: [M] int32 indices in [0, K).
+
+    Arguments are those of `log_likelihoods`.
+    """
+    joint = log_likelihoods(mixture, codes, labels)
+    return jnp.argmax(joint, axis=-1).astype(jnp.int32)
+
+
+def merge_duplicates(
+    mixture: Mixture,
+    *,
+    max_distance: float,
+    groups: np.ndarray | None = None,
+) -> tuple[Mixture, np.ndarray]:
+    """Merge components that describe nearly the same Gaussian.
+
+    Two components are near-duplicates when the Bhattacharyya distance between
+    their Gaussians is at most `max_distance` (0 for identical Gaussians; 0.125
+    for two unit-variance Gaussians one standard deviation apart in one dimension).
+    Near-duplicate pairs are merged transitively. A merged component has the
+    summed weight and the mean and covariance of the weighted mixture of its parts
+    (moment matching); its label distributions are weight-averaged.
 
     Args:
-        mixture: fitted mixture with K components of dimension L.
-        codes: [M, L] codes in the units of `mixture`.
+        mixture: fitted mixture with K components.
+        max_distance: largest Bhattacharyya distance at which two components merge,
+            >= 0. 0 merges only identical components.
+        groups: optional [K] integer group of each component (for example its
+            majority source -> predicted label pair); only components of the same
+            group merge.
 
     Returns:
-        [M, K] responsibilities. Each row sums to 1.
+        The merged mixture with K' <= K components, ordered by their smallest
+        original index, and [K] int64 `mapping` from old to new component index.
+        Its elbo_trace and restart_elbos are those of the input.
+
+    Raises:
+        ValueError: if `max_distance` is negative or `groups` is not [K].
     """
-    return jax.nn.softmax(log_likelihoods(mixture, codes), axis=-1)
+    weights = np.asarray(mixture.weights, np.float64)
+    means = np.asarray(mixture.means, np.float64)
+    covariances = np.asarray(mixture.covariances, np.float64)
+    num_components = weights.shape[0]
+    if not max_distance >= 0:
+        raise ValueError(f"max_distance must be >= 0, got {max_distance}.")
+    if groups is None:
+        groups = np.zeros(num_components, np.int64)
+    groups = np.asarray(groups)
+    if groups.shape != (num_components,):
+        raise ValueError(
+            f"groups must have shape ({num_components},), one entry per component, "
+            f"got {groups.shape}."
+        )
+
+    distance = _bhattacharyya(means, covariances)
+    close = (distance <= max_distance) & (groups[:, None] == groups[None, :])
+    parent = np.arange(num_components)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(close, k=1))):
+        first, second = sorted((root(i), root(j)))
+        parent[second] = first
+    roots = np.array([root(i) for i in range(num_components)])
+    _, mapping = np.unique(roots, return_inverse=True)
+
+    merged = {
+        name: [] for name in ("weights", "means", "covariances", "source", "pred")
+    }
+    source = np.asarray(mixture.source_probs, np.float64)
+    predicted = np.asarray(mixture.predicted_probs, np.float64)
+    for new in range(mapping.max() + 1):
+        parts = np.flatnonzero(mapping == new)
+        total = weights[parts].sum()
+        share = (
+            weights[parts] / total if total > 0 else np.full(len(parts), 1 / len(parts))
+        )
+        mean = share @ means[parts]
+        offsets = means[parts] - mean
+        merged["weights"].append(total)
+        merged["means"].append(mean)
+        merged["covariances"].append(
+            np.einsum("p,pij->ij", share, covariances[parts])
+            + np.einsum("p,pi,pj->ij", share, offsets, offsets)
+        )
+        merged["source"].append(share @ source[parts])
+        merged["pred"].append(share @ predicted[parts])
+    sizes = np.bincount(mapping)
+    if np.any(sizes > 1):
+        logging.info(
+            "Merged %d near-duplicate components (Bhattacharyya distance <= %g) "
+            "into %d.",
+            int(sizes[sizes > 1].sum()),
+            max_distance,
+            int(np.count_nonzero(sizes > 1)),
+        )
+    dtype = np.asarray(mixture.means).dtype
+    result = mixture._replace(
+        weights=np.asarray(merged["weights"], dtype),
+        means=np.asarray(merged["means"], dtype),
+        covariances=np.asarray(merged["covariances"], dtype),
+        source_probs=np.asarray(merged["source"], dtype).reshape(
+            len(merged["weights"]), source.shape[1]
+        ),
+        predicted_probs=np.asarray(merged["pred"], dtype).reshape(
+            len(merged["weights"]), predicted.shape[1]
+        ),
+    )
+    return result, mapping.astype(np.int64)
 
 
-def assign(mixture: Mixture, codes: jax.Array) -> jax.Array:
-    """Assign each code to its most probable component.
-
-    Args:
-        mixture: fitted mixture with K components of dimension L.
-        codes: [M, L] codes in the units of `mixture`.
-
-    Returns:
-        [M] int32 component indices in [0, K).
-    """
-    return jnp.argmax(log_likelihoods(mixture, codes), axis=-1).astype(jnp.int32)
+def _bhattacharyya(means: np.ndarray, covariances: np.ndarray) -> np.ndarray:
+    """[K, K] Bhattacharyya distances between Gaussian components."""
+    average = 0.5 * (covariances[:, None] + covariances[None, :])
+    difference = means[:, None] - means[None, :]
+    solved = np.linalg.solve(average, difference[..., None])[..., 0]
+    _, log_det_average = np.linalg.slogdet(average)
+    _, log_det = np.linalg.slogdet(covariances)
+    return 0.125 * np.sum(difference * solved, axis=-1) + 0.5 * (
+        log_det_average - 0.5 * (log_det[:, None] + log_det[None, :])
+    )
 
 
 def select_regions(
@@ -338,43 +903,87 @@ def _check_codes(codes: np.ndarray) -> None:
     finite_rows = np.all(np.isfinite(codes), axis=1)
     if not finite_rows.all():
         num_bad = codes.shape[0] - np.count_nonzero(finite_rows)
+        first = int(np.flatnonzero(~finite_rows)[0])
         raise ValueError(
             f"codes must be finite, but {num_bad} of {codes.shape[0]} rows contain "
-            "NaN or infinity. Drop or repair those rows first."
+            f"NaN or infinity (the first is row {first}). Drop or repair those rows "
+            "first."
         )
+
+
+def _check_count(name: str, value, minimum: int, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.{hint}")
 
 
 def _check_fit_options(
-    truncation: int,
-    alpha: float,
-    covariance_type: str,
-    num_steps: int,
-    learning_rate: float,
+    truncation,
+    alpha,
+    alpha_prior,
+    covariance_type,
+    max_steps,
+    tolerance,
+    num_restarts,
+    batch_size,
 ) -> None:
-    if isinstance(truncation, bool) or not isinstance(truncation, (int, np.integer)):
-        raise TypeError(f"truncation must be an int, got {truncation!r}.")
-    if truncation < 1:
-        raise ValueError(
-            f"truncation must be >= 1, got {truncation}. Pass the maximum number "
-            "of components to fit, e.g. 20."
-        )
+    _check_count(
+        "truncation",
+        truncation,
+        1,
+        " Pass the maximum number of components to fit, e.g. 20.",
+    )
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(
             f"alpha must be a finite number > 0, got {alpha}. 1.0 is a common choice."
+        )
+    if alpha_prior is not None and not (
+        len(alpha_prior) == 2 and all(math.isfinite(v) and v > 0 for v in alpha_prior)
+    ):
+        raise ValueError(
+            "alpha_prior must be None or (shape, rate) with both finite and > 0, got "
+            f"{alpha_prior!r}. For example (1.0, 1.0)."
         )
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(
             f"covariance_type must be one of {COVARIANCE_TYPES}, got "
             f"{covariance_type!r}."
         )
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise TypeError(f"num_steps must be an int, got {num_steps!r}.")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
-    if not (math.isfinite(learning_rate) and learning_rate > 0):
+    _check_count("max_steps", max_steps, 1)
+    if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(
-            f"learning_rate must be a finite number > 0, got {learning_rate}."
+            f"tolerance must be a finite number >= 0 (nats per code), got "
+            f"{tolerance}. For example 1e-5."
         )
+    _check_count("num_restarts", num_restarts, 1)
+    if batch_size is not None:
+        _check_count("batch_size", batch_size, 1, " Or pass None for full batches.")
+
+
+def _check_labels(labels, num_codes: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate (source, predicted, num_classes); zeros and 0 classes when None."""
+    if labels is None:
+        zeros = np.zeros(num_codes, np.int32)
+        return zeros, zeros, 0
+    source, predicted, num_classes = labels
+    _check_count("labels[2] (num_classes)", num_classes, 2)
+    checked = []
+    for name, values in (("source", source), ("predicted", predicted)):
+        values = np.asarray(values)
+        if values.shape != (num_codes,) or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(
+                f"{name} labels must be integers of shape ({num_codes},), one per "
+                f"code, got shape {values.shape} and dtype {values.dtype}."
+            )
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(
+                f"{name} labels must lie in [0, {num_classes}), got values from "
+                f"{values.min()} to {values.max()}. Pass the number of classes as "
+                "labels[2]."
+            )
+        checked.append(values.astype(np.int32))
+    return checked[0], checked[1], int(num_classes)
 
 
 def _check_codes_match(mixture: Mixture, codes: jax.Array) -> None:
@@ -384,330 +993,6 @@ def _check_codes_match(mixture: Mixture, codes: jax.Array) -> None:
             f"codes must have shape [num_codes, {num_dims}] to match the mixture, "
             f"got {codes.shape}."
         )
-
-
-# --- Model --------------------------------------------------------------------
-
-
-def _stick_breaking_log_weights(fractions: jax.Array) -> jax.Array:
-    """Map [K - 1] stick fractions to [K] log weights. The last takes the rest."""
-    log_fractions = jnp.concatenate([jnp.log(fractions), jnp.zeros(1, fractions.dtype)])
-    log_remaining = jnp.concatenate(
-        [jnp.zeros(1, fractions.dtype), jnp.cumsum(jnp.log1p(-fractions))]
-    )
-    return log_fractions + log_remaining
-
-
-def _quadratic_features(codes: jax.Array, covariance_type: str) -> jax.Array:
-    """Build the features whose linear map gives every Gaussian log density.
-
-    For "diag" the features are [x^2, x, 1] ([M, 2L + 1]). For "full" they are
-    [x_i x_j for i <= j, x, 1] ([M, L(L + 1)/2 + L + 1]). A [K, F] matrix from
-    `_log_density_coefficients` then gives all M x K log densities in one
-    matrix product without forming an [M, K, L] difference tensor.
-
-    NOTE: the expanded quadratic loses precision by cancellation when codes lie
-    far from a component mean relative to its width, so callers pass codes
-    centred and scaled to about unit spread.
-    """
-    num_codes, num_dims = codes.shape
-    if covariance_type == "diag":
-        squares = codes * codes
-    else:
-        rows, cols = np.triu_indices(num_dims)
-        squares = codes[:, rows] * codes[:, cols]
-    ones = jnp.ones((num_codes, 1), codes.dtype)
-    return jnp.concatenate([squares, codes, ones], axis=1)
-
-
-def _log_density_coefficients(
-    log_weights: jax.Array,
-    means: jax.Array,
-    precisions: jax.Array,
-    log_det: jax.Array,
-    covariance_type: str,
-) -> jax.Array:
-    """Build [K, F] coefficients so that features @ coefficients.T = log w + log N.
-
-    Args:
-        log_weights: [K] log mixing weights.
-        means: [K, L] component means.
-        precisions: [K, L] precisions for "diag", [K, L, L] precision matrices
-            for "full".
-        log_det: [K] log determinants of the precision matrices.
-        covariance_type: "diag" or "full".
-
-    Returns:
-        The [K, F] coefficients matching `_quadratic_features`.
-    """
-    num_dims = means.shape[-1]
-    if covariance_type == "diag":
-        quadratic = -0.5 * precisions
-        linear = precisions * means
-    else:
-        rows, cols = np.triu_indices(num_dims)
-        # x^T P x = sum_i P_ii x_i^2 + 2 sum_{i<j} P_ij x_i x_j.
-        multiplicity = np.where(rows == cols, 1.0, 2.0)
-        quadratic = -0.5 * precisions[:, rows, cols] * multiplicity
-        linear = jnp.einsum("kij,kj->ki", precisions, means)
-    constant = (
-        log_weights
-        + 0.5 * log_det
-        - 0.5 * jnp.sum(linear * means, axis=-1)
-        - 0.5 * num_dims * math.log(2 * math.pi)
-    )
-    return jnp.concatenate([quadratic, linear, constant[:, None]], axis=1)
-
-
-def _model(
-    features: jax.Array,
-    alpha: jax.Array,
-    *,
-    num_dims: int,
-    truncation: int,
-    covariance_type: str,
-) -> None:
-    """Truncated stick-breaking DP Gaussian mixture with marginalised assignments.
-
-    Args:
-        features: [M, F] output of `_quadratic_features` for standardised codes.
-        alpha: scalar Dirichlet-process concentration.
-        num_dims: L, the code dimension.
-        truncation: K, the number of components.
-        covariance_type: "diag" or "full".
-    """
-    dtype = features.dtype
-    if truncation > 1:
-        with numpyro.plate("sticks", truncation - 1):
-            fractions = numpyro.sample("stick_fractions", dist.Beta(1.0, alpha))
-        log_weights = _stick_breaking_log_weights(fractions)
-    else:
-        log_weights = jnp.zeros(1, dtype)
-
-    with numpyro.plate("components", truncation):
-        means = numpyro.sample(
-            "means",
-            dist.Normal(jnp.zeros(num_dims, dtype), _MEAN_PRIOR_SCALE).to_event(1),
-        )
-        if covariance_type == "diag":
-            precisions = numpyro.sample(
-                "precisions",
-                dist.Gamma(
-                    jnp.full(num_dims, _GAMMA_CONCENTRATION, dtype),
-                    0.5 * _PRIOR_SCATTER,
-                ).to_event(1),
-            )
-            log_det = jnp.sum(jnp.log(precisions), axis=-1)
-        else:
-            # The site is the lower Cholesky factor U of the precision matrix
-            # P = U U^T, with a Wishart prior on P: rate matrix 0.01 * I and
-            # L + 1 degrees of freedom (NumPyro 0.22 documents that
-            # WishartCholesky needs a concentration above L). Parametrising the
-            # precision rather than the covariance keeps the log density linear
-            # in P, which the matrix-product form needs, and the Wishart rate
-            # keeps P finite.
-            precision_tril = numpyro.sample(
-                "precision_tril",
-                dist.WishartCholesky(
-                    concentration=num_dims + 1.0,
-                    scale_tril=jnp.eye(num_dims, dtype=dtype)
-                    / math.sqrt(_PRIOR_SCATTER),
-                ),
-            )
-            precisions = precision_tril @ jnp.swapaxes(precision_tril, -1, -2)
-            log_det = 2.0 * jnp.sum(
-                jnp.log(jnp.diagonal(precision_tril, axis1=-2, axis2=-1)), axis=-1
-            )
-
-    coefficients = _log_density_coefficients(
-        log_weights, means, precisions, log_det, covariance_type
-    )
-    joint = features @ coefficients.T
-    with numpyro.plate("data", features.shape[0]):
-        numpyro.factor("log_likelihood", jax.nn.logsumexp(joint, axis=-1))
-
-
-# --- Fit ----------------------------------------------------------------------
-
-
-@functools.partial(jax.jit, static_argnames=("num_seeds",))
-def _kmeans_plus_plus(key: jax.Array, points: jax.Array, num_seeds: int) -> jax.Array:
-    """Choose [num_seeds] row indices of `points` by k-means++ seeding.
-
-    The first seed is uniform over the points. Each further seed is drawn with
-    probability proportional to the squared distance to its nearest chosen
-    seed. When every point coincides with a seed, the draw is uniform.
-    """
-    first_key, key = jax.random.split(key)
-    first = jax.random.randint(first_key, (), 0, points.shape[0])
-    squared_distances = jnp.sum((points - points[first]) ** 2, axis=-1)
-    seeds = jnp.zeros(num_seeds, jnp.int32).at[0].set(first)
-
-    def choose_seed(i, state):
-        seeds, squared_distances, key = state
-        key, draw_key = jax.random.split(key)
-        total = jnp.sum(squared_distances)
-        logits = jnp.where(total > 0, jnp.log(squared_distances), 0.0)
-        seed = jax.random.categorical(draw_key, logits)
-        new_distances = jnp.sum((points - points[seed]) ** 2, axis=-1)
-        squared_distances = jnp.minimum(squared_distances, new_distances)
-        return seeds.at[i].set(seed), squared_distances, key
-
-    seeds, _, _ = jax.lax.fori_loop(
-        1, num_seeds, choose_seed, (seeds, squared_distances, key)
-    )
-    return seeds
-
-
-def _initial_values(
-    key: jax.Array, codes: jax.Array, truncation: int, covariance_type: str
-) -> dict[str, jax.Array]:
-    """Initial site values: k-means++ means, pooled precisions, equal weights."""
-    num_dims = codes.shape[1]
-    means = codes[_kmeans_plus_plus(key, codes, truncation)]
-
-    # One within-cluster spread shared by every component: the per-dimension
-    # variance of the codes around their nearest seed, pooled over all seeds.
-    squared_distances = (
-        jnp.sum(codes * codes, axis=1)[:, None]
-        - 2.0 * codes @ means.T
-        + jnp.sum(means * means, axis=1)[None, :]
-    )
-    nearest = jnp.argmin(squared_distances, axis=1)
-    variance = jnp.mean((codes - means[nearest]) ** 2, axis=0)
-    variance = jnp.maximum(variance, _MIN_INITIAL_VARIANCE)
-
-    values = {"means": means}
-    if covariance_type == "diag":
-        values["precisions"] = jnp.broadcast_to(1.0 / variance, (truncation, num_dims))
-    else:
-        values["precision_tril"] = jnp.broadcast_to(
-            jnp.diag(1.0 / jnp.sqrt(variance)), (truncation, num_dims, num_dims)
-        )
-    if truncation > 1:
-        # Fractions 1/K, 1/(K-1), ..., 1/2 give every component weight 1/K.
-        values["stick_fractions"] = 1.0 / (
-            truncation - jnp.arange(truncation - 1, dtype=codes.dtype)
-        )
-    return values
-
-
-@functools.partial(
-    jax.jit, static_argnames=("truncation", "covariance_type", "num_steps")
-)
-def _fit(
-    codes: jax.Array,
-    key: jax.Array,
-    alpha: float,
-    learning_rate: float,
-    *,
-    truncation: int,
-    covariance_type: str,
-    num_steps: int,
-) -> Mixture:
-    """Standardise the codes, run SVI and map the fit back to the codes' units."""
-    center = jnp.mean(codes, axis=0)
-    # A constant dimension keeps unit scale instead of dividing by zero or by
-    # the rounding error of its mean.
-    constant = jnp.all(codes == codes[0], axis=0)
-    scale = jnp.where(constant, 1.0, jnp.std(codes, axis=0))
-    standardized = (codes - center) / scale
-
-    log_weights, means, precisions, losses = _fit_standardized(
-        standardized,
-        key,
-        alpha,
-        learning_rate,
-        truncation=truncation,
-        covariance_type=covariance_type,
-        num_steps=num_steps,
-    )
-    covariances = _precision_to_covariance(precisions, covariance_type)
-    return Mixture(
-        weights=jnp.exp(log_weights),
-        means=center + scale * means,
-        # The outer product is exactly symmetric, so the covariances stay so.
-        covariances=covariances * jnp.outer(scale, scale),
-        elbo_trace=-losses,
-    )
-
-
-def _fit_standardized(
-    codes: jax.Array,
-    key: jax.Array,
-    alpha: float,
-    learning_rate: float,
-    *,
-    truncation: int,
-    covariance_type: str,
-    num_steps: int,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Run SVI on standardised codes.
-
-    Returns:
-        Log weights [K], means [K, L], precisions ([K, L] for "diag",
-        [K, L, L] for "full") as variational posterior medians, and the
-        [num_steps] SVI losses (negative ELBO).
-    """
-    init_key, svi_key = jax.random.split(key)
-    num_dims = codes.shape[1]
-    features = _quadratic_features(codes, covariance_type)
-    model = functools.partial(
-        _model,
-        num_dims=num_dims,
-        truncation=truncation,
-        covariance_type=covariance_type,
-    )
-
-    # AutoNormal rather than AutoDelta. With marginalised assignments, splitting
-    # one cluster's weight between two near-identical components leaves the
-    # likelihood unchanged, and the MAP objective under Beta(1, alpha) sticks
-    # does not penalise the split. A MAP fit therefore keeps most of the K
-    # components. The variational posterior over each component's mean and
-    # precision charges every used component a KL cost (an Occam penalty),
-    # which empties the redundant components and leaves about one per cluster.
-    guide = AutoNormal(
-        model,
-        init_loc_fn=init_to_value(
-            values=_initial_values(init_key, codes, truncation, covariance_type)
-        ),
-        init_scale=_GUIDE_INIT_SCALE,
-    )
-    # Decaying the step size damps the jitter that the one-sample gradient
-    # noise causes around the optimum, which otherwise limits the precision
-    # of the fitted means and variances.
-    schedule = optax.cosine_decay_schedule(
-        learning_rate, num_steps, alpha=_FINAL_LEARNING_RATE_FRACTION
-    )
-    svi = SVI(model, guide, optax.adam(schedule), _OrderedElbo())
-    result = svi.run(svi_key, num_steps, features, alpha, progress_bar=False)
-
-    medians = guide.median(result.params)
-    if truncation > 1:
-        log_weights = _stick_breaking_log_weights(medians["stick_fractions"])
-        # The stick-breaking weights sum to 1 in exact arithmetic, so
-        # re-normalising only removes rounding error.
-        log_weights = log_weights - jax.nn.logsumexp(log_weights)
-    else:
-        log_weights = jnp.zeros(1, codes.dtype)
-    if covariance_type == "diag":
-        precisions = medians["precisions"]
-    else:
-        tril = medians["precision_tril"]
-        precisions = tril @ jnp.swapaxes(tril, -1, -2)
-    return log_weights, medians["means"], precisions, result.losses
-
-
-def _precision_to_covariance(precisions: jax.Array, covariance_type: str) -> jax.Array:
-    """Invert [K, L] diagonal or [K, L, L] full precisions to [K, L, L] covariances."""
-    if covariance_type == "diag":
-        return jax.vmap(jnp.diag)(1.0 / precisions)
-    cholesky = jnp.linalg.cholesky(precisions)
-    identity = jnp.broadcast_to(
-        jnp.eye(precisions.shape[-1], dtype=precisions.dtype), precisions.shape
-    )
-    covariances = jax.scipy.linalg.cho_solve((cholesky, True), identity)
-    return 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
 
 
 @functools.partial(jax.jit, static_argnames=("covariance_type",))
@@ -745,8 +1030,12 @@ def _mixture_log_likelihoods(
             jnp.log(jnp.diagonal(cholesky, axis1=-2, axis2=-1)), axis=-1
         )
 
-    coefficients = _log_density_coefficients(
+    coefficients = dpmixture.gaussian_coefficients(
         jnp.log(weights), scaled_means, precisions, log_det, covariance_type
     )
-    features = _quadratic_features((codes - center) / scale, covariance_type)
+    num_codes, num_dims = codes.shape
+    unused = jnp.zeros(num_codes, jnp.int32)
+    features = dpmixture.features(
+        (codes - center) / scale, unused, unused, Layout(num_dims, covariance_type)
+    )
     return features @ coefficients.T - jnp.sum(jnp.log(scale))

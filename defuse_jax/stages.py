@@ -186,25 +186,49 @@ def _skip_correction(
 def _fit_mixture(run: _Run, flips: Flips) -> dict[str, np.ndarray]:
     config = run.config.distill
     codes = jnp.asarray(flips.codes)
+    num_classes = run.dataset.num_classes
+    label_pair = (flips.source_label, flips.predicted_label)
     mixture = distill.fit_mixture(
         codes,
         run.keys["distill"],
         truncation=config.truncation,
         alpha=config.alpha,
+        alpha_prior=(
+            (config.alpha_prior_shape, config.alpha_prior_rate)
+            if config.alpha_prior_shape > 0
+            else None
+        ),
         covariance_type=config.covariance_type,
-        num_steps=config.num_steps,
-        learning_rate=config.learning_rate,
+        max_steps=config.max_steps,
+        tolerance=config.tolerance,
+        num_restarts=config.num_restarts,
+        batch_size=config.batch_size or None,
+        labels=(*label_pair, num_classes) if config.error_aware else None,
     )
-    assignments = distill.assign(mixture, codes)
+    assignments = np.asarray(distill.assign(mixture, codes, label_pair))
+    # Only components whose members share the majority confusion may merge.
+    groups = -1 - np.arange(config.truncation)
+    for component in np.unique(assignments):
+        members = assignments == component
+        source = np.bincount(flips.source_label[members], minlength=num_classes)
+        predicted = np.bincount(flips.predicted_label[members], minlength=num_classes)
+        groups[component] = int(np.argmax(source)) * num_classes + int(
+            np.argmax(predicted)
+        )
+    merged, mapping = distill.merge_duplicates(
+        mixture, max_distance=config.merge_distance, groups=groups
+    )
+    assignments = mapping[assignments]
     selected = distill.select_regions(
-        mixture,
+        merged,
         assignments,
         min_weight=config.min_weight,
         min_size=config.min_region_size,
     )
-    arrays = {k: np.asarray(v) for k, v in mixture._asdict().items()}
+    arrays = {k: np.asarray(v) for k, v in merged._asdict().items()}
     arrays["assignments"] = np.asarray(assignments, np.int32)
     arrays["selected"] = np.asarray(selected, np.int32)
+    arrays["merged_from"] = np.asarray(mapping, np.int32)
     return arrays
 
 

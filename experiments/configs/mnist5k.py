@@ -63,9 +63,27 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.distill.truncation = 20
     # Dirichlet-process concentration; larger values favour more components.
     config.distill.alpha = 1.0
+    # A Gamma(alpha_prior_shape, alpha_prior_rate) prior on alpha when the shape is
+    # > 0; alpha itself is then ignored. 0 keeps alpha fixed.
+    config.distill.alpha_prior_shape = 0.0
+    config.distill.alpha_prior_rate = 0.0
+    # "full", "diag" or "spherical" component covariances.
     config.distill.covariance_type = "diag"
-    config.distill.num_steps = 2000
-    config.distill.learning_rate = 0.05
+    # Coordinate-ascent steps stop when the ELBO rises by less than `tolerance` nats
+    # per flip, or after `max_steps`.
+    config.distill.max_steps = 500
+    config.distill.tolerance = 1e-5
+    # k-means++ restarts fitted together; the one with the best ELBO is kept.
+    config.distill.num_restarts = 4
+    # 0 fits every flip in full-batch steps. A positive value fits the restarts on
+    # that many flips and refines on minibatches of all flips: for 100,000s of flips.
+    config.distill.batch_size = 0
+    # Also model each component's source and predicted labels, so that a region is
+    # homogeneous in its confusion (e.g. 8 -> 3).
+    config.distill.error_aware = False
+    # Components with the same majority confusion whose Gaussians lie within this
+    # Bhattacharyya distance merge into one region (0 merges only exact duplicates).
+    config.distill.merge_distance = 0.1
     # A component becomes a region with at least this weight and this many flips.
     config.distill.min_weight = 0.02
     config.distill.min_region_size = 20
@@ -112,7 +130,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.identify.num_perturbations = 8
         config.identify.batch_size = 32
         config.distill.truncation = 5
-        config.distill.num_steps = 100
+        config.distill.max_steps = 100
         config.distill.min_region_size = 2
         config.regions.num_samples = 16
         config.correct.num_steps = 10
