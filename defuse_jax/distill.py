@@ -45,6 +45,8 @@ _CHUNK_SIZE = 8192
 _SEEDING_SAMPLE = 50_000
 # Above this many codes (without a batch size), restarts fit a sample of this size.
 _SAMPLE_SIZE = 20_000
+# Score bonus (in squared standardised distance) of a seed per label a code shares.
+_LABEL_SEED_BONUS = 10.0
 # Full-batch steps every restart takes before the best one continues alone.
 _SCREEN_STEPS = 8
 # Natural-gradient step size (step + _DELAY) ** -_FORGETTING (Hoffman et al., 2013).
@@ -343,24 +345,43 @@ def _by_size(stats: jax.Array, layout: Layout) -> jax.Array:
 
 
 def _seed_stats(
-    key: jax.Array, codes: jax.Array, data: _Data, layout: Layout, truncation: int
+    key: jax.Array,
+    codes: jax.Array,
+    features: jax.Array,
+    data: _Data,
+    layout: Layout,
+    truncation: int,
 ) -> jax.Array:
-    """Statistics of a hard partition of the codes around k-means++ seeds."""
+    """Statistics of a hard partition of the codes around k-means++ seeds.
+
+    Args:
+        key: PRNG key.
+        codes: [M, L] standardised codes.
+        features: [M, F] their features.
+        data: the same features in chunks.
+        layout: static shape of the fit.
+        truncation: number of seeds K.
+    """
     sample_key, seed_key = jax.random.split(key)
     num_codes = codes.shape[0]
     if num_codes > _SEEDING_SAMPLE:
         rows = jax.random.choice(sample_key, num_codes, (_SEEDING_SAMPLE,), False)
-        sample = codes[rows]
-    else:
-        sample = codes
-    seeds = sample[_kmeans_plus_plus(seed_key, sample, truncation)]
+        codes, features = codes[rows], features[rows]
+    chosen = _kmeans_plus_plus(seed_key, codes, truncation)
+    seeds = codes[chosen]
     # argmax over k of 2 x.mu_k - |mu_k|^2 is the nearest seed.
     weights = jnp.zeros((truncation, layout.num_features), codes.dtype)
     second_end = layout.num_second
+    labels_start = second_end + layout.num_dims + 1
     weights = weights.at[:, second_end : second_end + layout.num_dims].set(2.0 * seeds)
-    weights = weights.at[:, second_end + layout.num_dims].set(
-        -jnp.sum(seeds * seeds, axis=1)
-    )
+    weights = weights.at[:, labels_start - 1].set(-jnp.sum(seeds * seeds, axis=1))
+    if layout.num_classes:
+        # Codes prefer seeds with their own labels. Without this, components that
+        # share a cloud of codes start with the same label mix, and coordinate
+        # ascent cannot tell them apart.
+        weights = weights.at[:, labels_start:].set(
+            _LABEL_SEED_BONUS * features[chosen, labels_start:]
+        )
     stats, _ = _accumulate(data, weights, hard=True)
     return _by_size(stats, layout)
 
@@ -546,6 +567,10 @@ def _fit(
     # rounding error of its mean.
     constant = jnp.all(codes == codes[0], axis=0)
     scale = jnp.where(constant, 1.0, jnp.std(codes, axis=0))
+    if layout.covariance_type == "spherical":
+        # One scale for every dimension keeps spherical clusters spherical.
+        scale = jnp.full_like(scale, jnp.sqrt(jnp.mean(jnp.var(codes, axis=0))))
+        scale = jnp.where(scale > 0, scale, 1.0)
     standardized = (codes - center) / scale
     num_codes = codes.shape[0]
     data = _chunks(dpmixture.features(standardized, source, predicted, layout))
@@ -558,7 +583,9 @@ def _fit(
     if num_codes <= sample_size:
         # Every restart runs a few steps; the best then runs to convergence alone.
         seeded = jax.vmap(
-            lambda k: _seed_stats(k, standardized, data, layout, truncation)
+            lambda k: _seed_stats(
+                k, standardized, data.flat(num_codes), data, layout, truncation
+            )
         )(keys)
         states = jax.vmap(
             lambda s, r: _full_batch(
@@ -579,7 +606,9 @@ def _fit(
         sample = _chunks(flat[rows])
         sample_options = options._replace(num_codes=sample_size)
         seeded = jax.vmap(
-            lambda k: _seed_stats(k, standardized[rows], sample, layout, truncation)
+            lambda k: _seed_stats(
+                k, standardized[rows], flat[rows], sample, layout, truncation
+            )
         )(keys)
         states = jax.vmap(
             lambda s, r: _full_batch(

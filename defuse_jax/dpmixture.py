@@ -7,7 +7,7 @@ per chunk of codes), the conjugate posterior they imply, and the evidence lower 
 Coordinate ascent on these closed forms is the exact optimiser of the guide's ELBO, and a
 convex combination of statistics from a minibatch is a natural-gradient step, so both the
 full-batch and the minibatch fit optimise the objective NumPyro's `Trace_ELBO` estimates
-for `model` and `guide` (tests/test_dpmixture.py checks the two agree).
+for `model` and `guide`.
 
 Model, in units where the codes have mean 0 and unit variance per dimension:
 
