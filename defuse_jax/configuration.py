@@ -29,6 +29,14 @@ COVARIANCE_TYPES = ("diag", "full")
 SEARCH_SPLITS = ("train", "test")
 
 
+def _field(config: ml_collections.ConfigDict, field: str) -> Any:
+    """Return the value of a dotted config field such as "distill.alpha"."""
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    return value
+
+
 def _check_range(
     config: ml_collections.ConfigDict,
     field: str,
@@ -38,9 +46,7 @@ def _check_range(
     integer: bool = False,
     low_open: bool = False,
 ) -> None:
-    value = config
-    for part in field.split("."):
-        value = value[part]
+    value = _field(config, field)
     if integer and (isinstance(value, bool) or not isinstance(value, int)):
         raise InputError(f"config.{field} must be an integer, got {value!r}.")
     if not integer and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -61,9 +67,7 @@ def _check_range(
 def _check_choice(
     config: ml_collections.ConfigDict, field: str, choices: tuple[str, ...]
 ) -> None:
-    value = config
-    for part in field.split("."):
-        value = value[part]
+    value = _field(config, field)
     if value not in choices:
         raise InputError(
             f"config.{field}={value!r} is not supported; use one of {', '.join(choices)}."
@@ -71,9 +75,7 @@ def _check_choice(
 
 
 def _check_bool(config: ml_collections.ConfigDict, field: str) -> None:
-    value = config
-    for part in field.split("."):
-        value = value[part]
+    value = _field(config, field)
     if not isinstance(value, bool):
         raise InputError(f"config.{field}={value!r} must be True or False.")
 

@@ -9,7 +9,7 @@ full-batch steps. Several restarts from k-means++ seeds run together under `vmap
 the fit with the best evidence lower bound (ELBO) wins. Callers later sample a region
 as N(mean, tau * covariance).
 
-The fit works on codes standardised per dimension. The returned `Mixture` holds means
+The fit works on codes standardised per dimension. The returned `Mixture` has means
 and covariances in the original units of the codes.
 """
 
@@ -109,11 +109,11 @@ def fit_mixture(
     restarts take up to 8 coordinate-ascent steps together, and the one with the
     best ELBO continues until the ELBO rises by less than `tolerance` nats per code
     or `max_steps` is reached. For more codes, each restart is fitted to
-    convergence on a random sample of 20,000 codes (or `batch_size`), where the
-    stick-breaking prior empties duplicate components sooner; with `batch_size`,
-    natural-gradient steps on minibatches of all codes then refine the best one
-    until its smoothed ELBO estimate stops rising; full-batch steps on every code
-    finish the fit. After every step the components are renumbered by decreasing
+    convergence on a random sample of 20,000 codes (or `batch_size`), because on a
+    sample the stick-breaking prior empties duplicate components sooner. With
+    `batch_size`, natural-gradient steps on minibatches of all codes then refine the
+    best one until its smoothed ELBO estimate stops rising. Full-batch steps on every
+    code finish the fit. After every step the components are renumbered by decreasing
     size, so the stick-breaking prior sees the largest first.
 
     The result is a deterministic function of the inputs on a given backend.
@@ -276,7 +276,7 @@ class _Data(NamedTuple):
     mask: jax.Array  # [C, S], 1 for a real code and 0 for padding
 
     def flat(self, num_codes: int) -> jax.Array:
-        """The [M, F] features of the real codes."""
+        """Return the [M, F] features of the real codes, without the padding."""
         return self.features.reshape(-1, self.features.shape[-1])[:num_codes]
 
 
@@ -395,15 +395,28 @@ class _Options(NamedTuple):
     max_steps: int
 
 
-def _update(stats: jax.Array, options: _Options, data: _Data):
-    """One coordinate-ascent step: ELBO of the current posterior and the new stats."""
+def _update(
+    stats: jax.Array, options: _Options, data: _Data, data_scale: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
+    """Take one coordinate-ascent step on `data`.
+
+    Args:
+        stats: [K, F] statistics that define the current posterior.
+        options: the fit's options.
+        data: the codes of this step: all of them, or a minibatch.
+        data_scale: number of codes in the fit per code in `data`.
+
+    Returns:
+        The [K, F] statistics of `data` under the current posterior, and the ELBO
+        of that posterior (estimated from `data` when it is a minibatch).
+    """
     post = dpmixture.posterior(
         stats, options.layout, options.alpha, options.alpha_prior
     )
     new_stats, data_term = _accumulate(
         data, dpmixture.coefficients(post, options.layout)
     )
-    elbo = data_term - dpmixture.kl_divergence(
+    elbo = data_scale * data_term - dpmixture.kl_divergence(
         post, options.layout, options.alpha_prior
     )
     return new_stats, elbo
@@ -487,15 +500,7 @@ def _minibatch(
         key, draw = jax.random.split(key)
         rows = jax.random.randint(draw, (batch_size,), 0, options.num_codes)
         batch = _Data(features[rows][None], jnp.ones((1, batch_size), features.dtype))
-        post = dpmixture.posterior(
-            stats, options.layout, options.alpha, options.alpha_prior
-        )
-        batch_stats, data_term = _accumulate(
-            batch, dpmixture.coefficients(post, options.layout)
-        )
-        estimate = scale * data_term - dpmixture.kl_divergence(
-            post, options.layout, options.alpha_prior
-        )
+        batch_stats, estimate = _update(stats, options, batch, scale)
         smoothed = jnp.where(
             step == 0, estimate, _SMOOTHING * smoothed + (1 - _SMOOTHING) * estimate
         )
@@ -753,7 +758,7 @@ def merge_duplicates(
     for two unit-variance Gaussians one standard deviation apart in one dimension).
     Near-duplicate pairs are merged transitively. A merged component has the
     summed weight and the mean and covariance of the weighted mixture of its parts
-    (moment matching); its label distributions are weight-averaged.
+    (moment matching). Its label distributions are the weighted average of theirs.
 
     Args:
         mixture: fitted mixture with K components.

@@ -1,9 +1,10 @@
 """The truncated stick-breaking Dirichlet-process Gaussian mixture and its mean-field posterior.
 
 `model` and `guide` state the model and the variational family as NumPyro programs. The
-rest of this module computes, in closed form, what `distill.fit_mixture` needs to fit that
-guide to that model: the expected sufficient statistics of the codes (one matrix product
-per chunk of codes), the conjugate posterior they imply, and the evidence lower bound.
+rest of this module gives, in closed form, what `distill.fit_mixture` needs to fit that
+guide to that model. Those are the expected sufficient statistics of the codes (one matrix
+product per chunk of codes), the conjugate posterior they imply, and the evidence lower
+bound.
 Coordinate ascent on these closed forms is the exact optimiser of the guide's ELBO, and a
 convex combination of statistics from a minibatch is a natural-gradient step, so both the
 full-batch and the minibatch fit optimise the objective NumPyro's `Trace_ELBO` estimates
@@ -82,7 +83,7 @@ class Posterior(NamedTuple):
         [K, 1] Gamma rates ("spherical").
     stick_a, stick_b: [K - 1] Beta parameters of the stick fractions.
     alpha_shape, alpha_rate: scalars of q(alpha); alpha_rate is 0 when alpha is fixed,
-        and alpha_shape then holds alpha.
+        and alpha_shape then is alpha.
     source, predicted: [K, C] Dirichlet parameters ([K, 0] without labels).
     precision: E[Lambda], shaped like `scatter`.
     log_det: [K] E[log |Lambda|].
@@ -131,18 +132,29 @@ def features(
     ("spherical"). Every expected log density is linear in these features, so one
     matrix product gives all M x K of them, and one more gives the statistics.
     """
-    if layout.covariance_type == "full":
-        rows, cols = np.triu_indices(layout.num_dims)
-        second = codes[:, rows] * codes[:, cols]
-    elif layout.covariance_type == "diag":
-        second = codes * codes
-    else:
-        second = jnp.sum(codes * codes, axis=1, keepdims=True)
+    second = _second_moments(codes, layout)
     parts = [second, codes, jnp.ones((codes.shape[0], 1), codes.dtype)]
     if layout.num_classes:
         parts.append(jax.nn.one_hot(source, layout.num_classes, dtype=codes.dtype))
         parts.append(jax.nn.one_hot(predicted, layout.num_classes, dtype=codes.dtype))
     return jnp.concatenate(parts, axis=1)
+
+
+def _second_moments(rows: jax.Array, layout: Layout) -> jax.Array:
+    """Compute [M, S] second moments of [M, L] rows in the layout's feature form."""
+    if layout.covariance_type == "full":
+        first, second = np.triu_indices(layout.num_dims)
+        return rows[:, first] * rows[:, second]
+    if layout.covariance_type == "diag":
+        return rows * rows
+    return jnp.sum(rows * rows, axis=1, keepdims=True)
+
+
+def _dof_per_code(layout: Layout) -> float:
+    """Return how much one code adds to the degrees of freedom (or Gamma shape)."""
+    if layout.covariance_type == "full":
+        return 1.0
+    return 0.5 if layout.covariance_type == "diag" else 0.5 * layout.num_dims
 
 
 def _split(stats: jax.Array, layout: Layout) -> tuple[jax.Array, ...]:
@@ -183,13 +195,7 @@ def posterior(
     second, sums, counts, source, predicted = _split(stats, layout)
     beta = _MEAN_PRECISION + counts
     mean = sums / beta[:, None]
-    dof = prior_dof(layout) + counts * (
-        1.0
-        if layout.covariance_type == "full"
-        else 0.5
-        if layout.covariance_type == "diag"
-        else 0.5 * layout.num_dims
-    )
+    dof = prior_dof(layout) + counts * _dof_per_code(layout)
     if layout.covariance_type == "full":
         scatter = (
             _PRIOR_SCATTER * jnp.eye(layout.num_dims, dtype=stats.dtype)
@@ -198,9 +204,7 @@ def posterior(
         )
         scatter = 0.5 * (scatter + jnp.swapaxes(scatter, -1, -2))
     else:
-        squares = mean * mean if layout.covariance_type == "diag" else None
-        if squares is None:
-            squares = jnp.sum(mean * mean, axis=1, keepdims=True)
+        squares = _second_moments(mean, layout)
         # Rounding can push the centred scatter slightly below zero for tight
         # components; the true value is non-negative.
         centred = jnp.maximum(second - beta[:, None] * squares, 0.0)
@@ -270,13 +274,15 @@ def inverse_and_log_det(matrices: jax.Array) -> tuple[jax.Array, jax.Array]:
     NOTE: written with `fori_loop` over the L columns instead of
     `jnp.linalg.cholesky`. With jax 0.10.2 on CPU, batched LAPACK calls inside the
     vmapped fit loop left the process waiting forever (idle CPU, no result) for
-    K = 100 components, L = 15 and 3 or more restarts; these loops avoid them.
+    K = 100 components, L = 15 and 3 or more restarts. A gdb trace of a similar hang
+    showed two batched LAPACK kernels waiting for each other's pool threads.
     """
     dims = matrices.shape[-1]
     index = jnp.arange(dims)
 
     def column(j, factor):
-        # Row j of the factor holds its entries left of the diagonal; the rest is 0.
+        # Row j of the factor has its entries left of the diagonal set, and zeros
+        # elsewhere.
         row = factor[..., j, :]
         diagonal = jnp.sqrt(matrices[..., j, j] - jnp.sum(row * row, axis=-1))
         below = (matrices[..., :, j] - jnp.einsum("...ik,...k->...i", factor, row)) / (
@@ -435,15 +441,7 @@ def kl_divergence(
         mahalanobis = jnp.einsum("ki,kij,kj->k", post.mean, precision, post.mean)
         kl_precision = _kl_wishart(post, dims)
     else:
-        mahalanobis = jnp.sum(
-            precision
-            * (
-                post.mean * post.mean
-                if layout.covariance_type == "diag"
-                else jnp.sum(post.mean * post.mean, axis=1, keepdims=True)
-            ),
-            axis=-1,
-        )
+        mahalanobis = jnp.sum(precision * _second_moments(post.mean, layout), axis=-1)
         kl_precision = jnp.sum(
             _kl_gamma(
                 post.dof[:, None], post.scatter, prior_dof(layout), _prior_rate(layout)
@@ -541,7 +539,7 @@ def model(
     alpha_prior: tuple[float, float] = (0.0, 0.0),
     subsample_size: int | None = None,
 ) -> None:
-    """The mixture as a NumPyro program over standardised codes [M, L].
+    """Sample the mixture as a NumPyro program over standardised codes [M, L].
 
     The assignments z are explicit sites, so this program and `guide` give the same
     ELBO as the closed forms above. `subsample_size` gives the minibatch version.
@@ -611,7 +609,7 @@ def guide(
     post: Posterior,
     responsibilities: jax.Array,
 ) -> None:
-    """The mean-field variational family of `model`, fixed at `post` and `responsibilities`."""
+    """Sample the mean-field family of `model` at `post` and `responsibilities`."""
     del alpha, truncation
     if alpha_prior[0] > 0:
         numpyro.sample("alpha", dist.Gamma(post.alpha_shape, post.alpha_rate))

@@ -1,12 +1,13 @@
 r"""Measure what the error-aware mixture changes on real flips.
 
-Loads the flips of a finished run (`flips.npz` in its workdir), holds out a fifth of
-them, and fits the pipeline's Dirichlet-process mixture to the rest twice: on the codes
+Loads the flips of a finished run (`flips.npz` in its workdir) and holds out a fifth of
+them. It fits the pipeline's Dirichlet-process mixture to the rest twice: on the codes
 alone, and with each component also carrying distributions over source and predicted
 label (`labels=` of `distill.fit_mixture`). For each fit it prints the regions kept
-with the pipeline's thresholds, the share of flips they hold, their confusion purity
-(the member-weighted fraction of flips whose source -> predicted pair is the region's
-majority pair) and the held-out log-likelihood of the codes alone, per flip.
+with the pipeline's thresholds and the share of flips they contain. It also prints
+their confusion purity (the member-weighted fraction of flips whose source ->
+predicted pair is the region's majority pair) and the held-out log-likelihood of the
+codes alone, per flip.
 
     python -m experiments.bench_error_aware --flips=/tmp/defuse_mnist/flips.npz
 """
@@ -49,6 +50,7 @@ def main(argv: list[str]) -> None:
         source = stored["source_label"].astype(np.int32)
         predicted = stored["predicted_label"].astype(np.int32)
     num_classes = int(max(source.max(), predicted.max())) + 1
+
     rng = np.random.default_rng(_SEED.value)
     order = rng.permutation(len(codes))
     held_out, train = order[: len(codes) // 5], order[len(codes) // 5 :]
@@ -59,6 +61,7 @@ def main(argv: list[str]) -> None:
         len(held_out),
         num_classes,
     )
+
     rows = []
     for covariance_type in _COVARIANCE_TYPES.value:
         for error_aware in (False, True):
@@ -89,6 +92,7 @@ def main(argv: list[str]) -> None:
                     distill.log_likelihoods(codes_only, codes[held_out]), axis=1
                 ).mean()
             )
+
             rows.append(
                 {
                     "covariance": covariance_type,
@@ -100,6 +104,7 @@ def main(argv: list[str]) -> None:
                 }
             )
             logging.info("%s", json.dumps(rows[-1]))
+
     print(
         "| covariance | error-aware | regions | share of flips in regions "
         "| confusion purity | held-out code log-lik / flip |"
