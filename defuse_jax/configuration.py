@@ -25,7 +25,7 @@ class InputError(ValueError):
     """Invalid user input: a config value, a dataset name or path, or dataset contents."""
 
 
-COVARIANCE_TYPES = ("diag", "full")
+COVARIANCE_TYPES = ("diag", "full", "spherical")
 SEARCH_SPLITS = ("train", "test")
 
 
@@ -88,6 +88,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "classifier",
         "vae",
         "identify",
+        "radius",
         "distill",
         "regions",
         "annotate",
@@ -130,6 +131,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_range(config, "identify.beta_a", 0, None, low_open=True)
     _check_range(config, "identify.batch_size", 1, None, integer=True)
     _check_range(config, "identify.max_source_images", 0, None, integer=True)
+
+    _check_range(config, "radius.num_images", 0, None, integer=True)
+    _check_range(config, "radius.num_perturbations", 1, None, integer=True)
+    _check_range(config, "radius.smallest", 0, None, low_open=True)
+    _check_range(config, "radius.largest", config.radius.smallest, None)
+    _check_range(config, "radius.steps", 1, None, integer=True)
+    _check_range(config, "radius.batch_size", 1, None, integer=True)
 
     _check_range(config, "distill.truncation", 1, None, integer=True)
     _check_range(config, "distill.alpha", 0, None, low_open=True)

@@ -32,7 +32,7 @@ def enable_cpu_collectives() -> None:
 def process_block(
     num_items: int, process_index: int | None = None, process_count: int | None = None
 ) -> slice:
-    """The contiguous block of `range(num_items)` that process `process_index` handles.
+    """Return the contiguous block of `range(num_items)` that process `process_index` handles.
 
     Blocks differ in size by at most one and cover the range in process order.
     """

@@ -12,7 +12,8 @@ reader): the search reads one batch at a time, so host memory grows only with th
 flips and device memory with the batch.
 
 Noise for source image i comes from `fold_in(key, i)`, so the flips depend neither on
-the batch size, nor on the number of devices, nor on where a resumed search restarts.
+the batch size, nor on the number of devices, nor on where a resumed search restarts,
+up to the float rounding of the models (see `identify`'s `mesh` argument).
 """
 
 from __future__ import annotations
@@ -391,6 +392,7 @@ def _mesh_batch_size(batch_size: int, mesh: Mesh, what: str) -> int:
 
 
 def _check_search_inputs(
+    what: str,
     images: Any,
     labels: np.ndarray,
     source_indices: np.ndarray | None,
@@ -400,7 +402,7 @@ def _check_search_inputs(
     num_images = len(images)
     if len(labels) != num_images:
         raise ValueError(
-            f"identify got {num_images} images but {len(labels)} labels; pass one label "
+            f"{what} got {num_images} images but {len(labels)} labels; pass one label "
             "per image."
         )
     if (
@@ -520,7 +522,11 @@ def identify(
         source_indices: [N] row numbers recorded in `Flips.source_index` (and used to
             seed each image's noise); defaults to arange(N).
         mesh: Devices to search on, the batch split on the "data" axis; defaults to all
-            of this process's devices. The flips are the same for any mesh.
+            of this process's devices. The noise and the flip selection do not
+            depend on the mesh; the decoded images do only through float rounding
+            when XLA sums a convolution in another order for another per-device
+            batch. With the default models the flips are bit for bit the same on 1
+            and 4 devices (tests/test_sharding.py).
         samples_per_step: Decoded images per inner step of a jitted call: "auto" is
             512 on CPU (cache-sized steps) and the whole batch on accelerators.
         log_every_seconds: Seconds between progress log lines.
@@ -536,7 +542,7 @@ def identify(
         The Flips of all images, ordered by source index, then noise norm.
     """
     source_indices = _check_search_inputs(
-        images, labels, source_indices, num_perturbations
+        "identify", images, labels, source_indices, num_perturbations
     )
     check_noise(noise)
     num_images = len(source_indices)
@@ -654,7 +660,7 @@ def _make_radius_fn(
 
 
 def radius_scales(smallest: float, largest: float, steps: int) -> np.ndarray:
-    """The geometric grid of `steps` noise scales from `smallest` to `largest`."""
+    """Return the geometric grid of `steps` noise scales from `smallest` to `largest`."""
     if not (0 < smallest <= largest and math.isfinite(largest)):
         raise ValueError(
             f"radius scales need 0 < smallest <= largest < inf, got smallest={smallest} "
@@ -687,14 +693,16 @@ def minimal_radius(
 
     Each image gets Q unit draws of `noise`'s family (its `scale` is ignored), tried at
     every scale of the grid in increasing order, in the same batched, sharded and
-    streamed way as `identify`.
+    streamed way as `identify`. With "beta_uncentred" noise every scale also shifts
+    the code by +0.5 per dimension, so the radius then measures that shift as much as
+    a distance.
 
     Returns:
         [N] float32 radius per image: the first scale with a flip, or inf when no
         perturbation flips the image up to the largest scale.
     """
     source_indices = _check_search_inputs(
-        images, labels, source_indices, num_perturbations
+        "minimal_radius", images, labels, source_indices, num_perturbations
     )
     scales = np.asarray(scales, np.float32)
     if scales.ndim != 1 or not scales.size or np.any(np.diff(scales) <= 0):
@@ -743,7 +751,7 @@ def radius_summary(
 ) -> dict[str, Any]:
     """Per-class median radius and fraction of images with no flip up to the largest scale.
 
-    A median is None when more than half of the class has no flip on the grid.
+    A median is None when half or more of the class has no flip on the grid.
     """
 
     def summarise(values: np.ndarray) -> dict[str, Any]:

@@ -63,6 +63,11 @@ def open_idx_images(path: str | os.PathLike, cache_dir: str | None = None) -> Id
         path = _decompress(path, cache_dir)
     with open(path, "rb") as stream:
         header = stream.read(16)
+    if len(header) < 16 and header[:2] == b"\x00\x00" and header[3:4] == b"\x03":
+        raise ValueError(
+            f"IDX file {str(path)!r} is {len(header)} bytes long, shorter than the "
+            "16-byte header of an IDX image file: the file is truncated."
+        )
     if len(header) < 4 or header[:2] != b"\x00\x00" or header[3] != 3:
         raise ValueError(
             f"IDX file {str(path)!r} does not start with the header of a 3-dimensional "

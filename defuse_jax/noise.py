@@ -25,7 +25,6 @@ import math
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 NOISE_TYPES = ("gaussian", "beta", "beta_uncentred", "sparse")
 
@@ -105,8 +104,3 @@ def sample_noise(
 ) -> jax.Array:
     """Draw noise of the given shape from `noise`'s family at `noise.scale`."""
     return scale_noise(unit_noise(key, shape, noise), noise.scale, noise.kind)
-
-
-def perturbation_norms(noise: jax.Array) -> jax.Array:
-    """Euclidean norm of each perturbation over the last (latent) axis."""
-    return jnp.linalg.norm(noise, axis=-1)

@@ -15,8 +15,8 @@ Workdir layout:
     checkpoints/NAME/            orbax params (classifier, vae, corrected, baseline)
     checkpoints/NAME.json        the fingerprint of those params
     progress/                    checkpoints of unfinished stages, deleted when they end
-    flips.npz, mixture.npz, regions.npz
-    report.json, flips.png, regions/region_RR.png
+    flips.npz, radius.npz, mixture.npz, regions.npz
+    report.json, flips.png, flip_radius.png, regions/region_RR.png
     metrics/                     JSON lines and TensorBoard events of training
 """
 
@@ -40,6 +40,7 @@ from defuse_jax import (
     data,
     identify,
     models,
+    radius_stage,
     stages,
     training,
     vae,
@@ -63,6 +64,7 @@ _KEY_IDS = {
     "baseline": 7,
     "region_test": 8,
     "report": 9,
+    "radius": 10,
 }
 
 
@@ -290,6 +292,7 @@ def _run_stages(
             run_state, generator_params, classifier_params, search_fingerprint
         )
         flips = search.pop("flips")
+        source_rows = search.pop("source_rows")
         summary["output"] = (
             f"{flips.size} flips from {search['images_with_flips']} of "
             f"{search['searched_images']} searched images"
@@ -299,6 +302,21 @@ def _run_stages(
         "classifier_test_accuracy": test_accuracy,
         "search": search,
     }
+
+    # Minimal flip radius of the first source images. No later stage reads it.
+    images, labels = _search_split(run_state)
+    flip_radius = radius_stage.minimal_radius_stage(
+        run_state,
+        images,
+        labels,
+        source_rows,
+        generator_params,
+        classifier_params,
+        search_fingerprint,
+    )
+    if flip_radius is not None:
+        outputs["flip_radius"] = flip_radius
+
     return stages.distill_correct_report(
         run_state,
         outputs,
@@ -378,17 +396,22 @@ def _train_vae(run_state: _Run, vae_model: models.VAE, stage_fingerprint: str) -
     )
 
 
+def _search_split(run_state: _Run) -> tuple[np.ndarray, np.ndarray]:
+    """Return the images and labels of the split that `config.identify.split` names."""
+    dataset = run_state.dataset
+    if run_state.config.identify.split == "train":
+        return dataset.train_images, dataset.train_labels
+    return dataset.test_images, dataset.test_labels
+
+
 def _identify(
     run_state: _Run,
     generator_params: Any,
     classifier_params: Any,
     stage_fingerprint: str,
 ) -> dict[str, Any]:
-    config, dataset = run_state.config.identify, run_state.dataset
-    if config.split == "train":
-        images, labels = dataset.train_images, dataset.train_labels
-    else:
-        images, labels = dataset.test_images, dataset.test_labels
+    config = run_state.config.identify
+    images, labels = _search_split(run_state)
     predicted = classifier.predict(run_state.apply_fn, classifier_params, images)
     is_source = predicted == labels
     num_misclassified = int(np.sum(~is_source))
@@ -462,6 +485,7 @@ def _identify(
     images_with_flips = len(np.unique(flips.source_index))
     return {
         "flips": flips,
+        "source_rows": correct_rows,
         "split": config.split,
         "split_size": len(labels),
         "note": (

@@ -1,4 +1,4 @@
-"""Report outputs: labelled image grids as PNG files and an atomically written report.json."""
+"""Report outputs: image grids and plots as PNG files, and an atomic report.json."""
 
 from __future__ import annotations
 
@@ -108,13 +108,7 @@ def save_image_grid(
             np.repeat(tile, 3, axis=-1) if channels == 1 else tile[..., :3]
         )
     scale = 1.3 / width  # Inches per pixel, so a tile is about 1.3 inches wide.
-    # Imported on use: matplotlib takes about a second to import, and runs that stop
-    # on bad input never draw.
-    import matplotlib
-
-    matplotlib.use("Agg")  # Files only; never open a window.
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure = plt.figure(
         figsize=(mosaic.shape[1] * scale, mosaic.shape[0] * scale + 0.4)
     )
@@ -136,9 +130,97 @@ def save_image_grid(
         )
     if title:
         figure.suptitle(title, fontsize=9, y=0.995)
+    _save_figure(figure, path)
+
+
+def save_radius_plot(
+    path: str, flip_radius: Mapping[str, Any], class_names: Sequence[str]
+) -> None:
+    """Save per-class bars of the median flip radius and of the fraction with no flip.
+
+    Args:
+        path: Output PNG path; written atomically.
+        flip_radius: The report's "flip_radius" entry: `identify.radius_summary`'s
+            "scales" and "per_class" (with "median_radius" and "fraction_no_flip",
+            None where undefined), plus "noise" and "num_perturbations".
+        class_names: The classes, in the order of the bars.
+    """
+    scales = flip_radius["scales"]
+    per_class = [flip_radius["per_class"][name] for name in class_names]
+    positions = np.arange(len(class_names))
+    plt = _pyplot()
+    figure, (radius_axis, fraction_axis) = plt.subplots(
+        2, 1, sharex=True, figsize=(max(4.0, 0.45 * len(class_names) + 1.5), 4.5)
+    )
+
+    # Median radius on the log scale of the geometric grid. A class without a median
+    # (no images, or half or more without a flip) gets a vertical note instead of a bar.
+    medians = [
+        np.nan if entry["median_radius"] is None else entry["median_radius"]
+        for entry in per_class
+    ]
+    bottom = scales[0] / 1.5
+    radius_axis.bar(positions, medians, color="tab:blue")
+    radius_axis.set_yscale("log")
+    radius_axis.set_ylim(bottom, scales[-1] * 1.5)
+    radius_axis.set_yticks(scales, [f"{scale:.3g}" for scale in scales])
+    radius_axis.minorticks_off()
+    for position, entry in zip(positions, per_class, strict=True):
+        if entry["images"] == 0:
+            note = "no images"
+        elif entry["median_radius"] is None:
+            note = f"above {scales[-1]:.3g}"
+        else:
+            continue
+        radius_axis.text(
+            position,
+            bottom * 1.1,
+            note,
+            ha="center",
+            va="bottom",
+            rotation=90,
+            fontsize=7,
+            color="dimgray",
+        )
+    radius_axis.set_ylabel("median radius")
+    radius_axis.set_title(
+        f"Minimal flip radius: {flip_radius['noise']} noise, "
+        f"{flip_radius['num_perturbations']} perturbations per image",
+        fontsize=9,
+    )
+
+    # Fraction of each class with no flip up to the largest scale.
+    fractions = [entry["fraction_no_flip"] or 0.0 for entry in per_class]
+    fraction_axis.bar(positions, fractions, color="tab:gray")
+    fraction_axis.set_ylim(0.0, 1.0)
+    fraction_axis.set_ylabel(
+        f"fraction without a flip\nup to {scales[-1]:.3g}", fontsize=8
+    )
+    fraction_axis.set_xticks(positions, list(class_names))
+    fraction_axis.set_xlabel("source class")
+    figure.tight_layout()
+    _save_figure(figure, path)
+
+
+def _pyplot() -> Any:
+    """Import matplotlib.pyplot with the file-only Agg backend.
+
+    Imported on use: matplotlib takes about a second to import, and runs that stop on
+    bad input never draw.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # Files only; never open a window.
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(figure: Any, path: str) -> None:
+    """Write `figure` as a PNG to a temporary file beside `path`, then rename it."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".tmp-{os.path.basename(path)}")
     figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
+    _pyplot().close(figure)
     os.replace(temporary, path)

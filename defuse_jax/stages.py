@@ -444,6 +444,11 @@ def _write_report(
                 ],
                 title="Random flips: source label → classifier prediction",
             )
+        radius_plot = os.path.join(run.workdir, "flip_radius.png")
+        if "flip_radius" in outputs:
+            report.save_radius_plot(radius_plot, outputs["flip_radius"], names)
+        elif os.path.exists(radius_plot):
+            os.remove(radius_plot)
         region_records = []
         if regions is not None and regions.size:
             codes = regions_lib.sample_codes(

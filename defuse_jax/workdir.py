@@ -26,7 +26,7 @@ from defuse_jax.configuration import InputError
 # Config sections that change how a run saves its work, never what it computes.
 _UNCOMPARED_SECTIONS = ("checkpoint",)
 # Report outputs, rewritten at the end of every run.
-REPORT_OUTPUTS = ("report.json", "flips.png", "regions")
+REPORT_OUTPUTS = ("report.json", "flips.png", "flip_radius.png", "regions")
 
 _PACKAGES = (
     "jax",

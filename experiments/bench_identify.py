@@ -209,7 +209,7 @@ def _layer_flops(module: Any, inputs: jax.Array, outputs: jax.Array) -> float:
     if isinstance(module, models.Conv | nn.Conv):
         window = math.prod(module.kernel_size)
         return 2.0 * math.prod(outputs.shape) * inputs.shape[-1] * window
-    if isinstance(module, nn.ConvTranspose):
+    if isinstance(module, models.ConvTranspose | nn.ConvTranspose):
         # Each output sees kernel_size / strides taps of the undilated input; the zeros
         # that XLA inserts between input pixels are not counted.
         window = math.prod(module.kernel_size) / math.prod(module.strides)

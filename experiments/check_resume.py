@@ -31,6 +31,7 @@ _REMOVE = flags.DEFINE_list(
         "checkpoints/vae",
         "checkpoints/vae.json",
         "flips.npz",
+        "radius.npz",
         "mixture.npz",
         "regions.npz",
         "checkpoints/corrected",
@@ -38,12 +39,20 @@ _REMOVE = flags.DEFINE_list(
         "checkpoints/baseline",
         "checkpoints/baseline.json",
         "flips.png",
+        "flip_radius.png",
         "regions",
         "report.json",
     ],
     "Outputs deleted from the copy before the killed run.",
 )
-_COMPARED = ("flips.npz", "mixture.npz", "regions.npz", "flips.png")
+_COMPARED = (
+    "flips.npz",
+    "radius.npz",
+    "mixture.npz",
+    "regions.npz",
+    "flips.png",
+    "flip_radius.png",
+)
 flags.mark_flags_as_required(["reference", "workdir"])
 
 

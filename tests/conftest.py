@@ -1,16 +1,44 @@
 """Fixtures shared by the tests that run the experiments.run_defuse binary."""
 
+import json
+import os
+import subprocess
+
 import pytest
-from binary import run_binary
+from binary import binary_command, run_binary
+from filelock import FileLock
 
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     """One uninterrupted run of the test config, shared by every binary test.
 
-    Tests must not change this workdir; those that rerun with other flags copy it.
+    Under pytest-xdist every worker process requests this fixture; the first one runs
+    the binary while holding a file lock and records its output, and the others wait
+    for the lock and reuse the same workdir. Tests must not change this workdir; those
+    that rerun with other flags copy it.
     """
-    workdir = str(tmp_path_factory.mktemp("defuse_finished_run"))
-    result = run_binary(workdir)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # The folder that all workers' temporary folders share.
+    workdir = root / "defuse_finished_run"
+    record = root / "defuse_finished_run.json"
+    with FileLock(f"{record}.lock"):
+        if record.is_file():
+            outputs = json.loads(record.read_text(encoding="utf-8"))
+        else:
+            result = run_binary(str(workdir))
+            outputs = {
+                "returncode": result.returncode,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+            }
+            record.write_text(json.dumps(outputs), encoding="utf-8")
+    result = subprocess.CompletedProcess(
+        binary_command(str(workdir)),
+        outputs["returncode"],
+        outputs["stdout"],
+        outputs["stderr"],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    return workdir, result
+    return str(workdir), result

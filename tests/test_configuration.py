@@ -1,10 +1,12 @@
 """Tests of config validation and fingerprints."""
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from defuse_jax import configuration, data
+from defuse_jax import workdir as workdir_lib
 from experiments.configs import mnist5k
 
 
@@ -25,7 +27,18 @@ def test_shipped_configs_are_valid(variant):
         ("identify.num_perturbations", 0, r"num_perturbations=0 .* \[1, inf\]"),
         ("vae.latent_dim", -3, r"latent_dim=-3 .* \[1, inf\]"),
         ("identify.noise_scale", 0.0, r"noise_scale=0.0 .* \(0, inf\]"),
-        ("identify.noise", "cauchy", "use one of gaussian, beta"),
+        (
+            "identify.noise",
+            "cauchy",
+            "use one of gaussian, beta, beta_uncentred, sparse",
+        ),
+        ("radius.num_images", -1, r"radius.num_images=-1 .* \[0, inf\]"),
+        ("radius.num_perturbations", 0, r"num_perturbations=0 .* \[1, inf\]"),
+        ("radius.smallest", 0.0, r"radius.smallest=0.0 .* \(0, inf\]"),
+        ("radius.largest", 0.01, r"radius.largest=0.01 .* \[0.05, inf\]"),
+        ("radius.largest", float("inf"), "radius.largest=inf must be a finite"),
+        ("radius.steps", 0, r"radius.steps=0 .* \[1, inf\]"),
+        ("radius.batch_size", 0, r"radius.batch_size=0 .* \[1, inf\]"),
         ("distill.covariance_type", "tied", "use one of diag, full"),
         ("classifier.features", (16, 0), "positive integers"),
         ("correct.lam", float("nan"), "config.correct.lam=nan must be a finite number"),
@@ -40,6 +53,60 @@ def test_bad_values_raise_input_error(field, value, message):
         config[section][name] = value
     with pytest.raises(configuration.InputError, match=message):
         configuration.validate_config(config)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "beta", "beta_uncentred", "sparse"])
+def test_every_noise_kind_is_accepted(kind):
+    config = mnist5k.get_config()
+    config.identify.noise = kind
+    configuration.validate_config(config)
+    assert kind in configuration.NOISE_TYPES
+
+
+def test_integer_radius_fields_reject_floats():
+    config = mnist5k.get_config()
+    config.radius = ml_collections.ConfigDict(
+        {**config.radius.to_dict(), "num_perturbations": 4.0}
+    )
+    with pytest.raises(
+        configuration.InputError, match="radius.num_perturbations must be an integer"
+    ):
+        configuration.validate_config(config)
+
+
+def test_config_without_radius_section_raises():
+    config = mnist5k.get_config()
+    del config.radius
+    with pytest.raises(
+        configuration.InputError, match=r"missing the fields \['radius'\]"
+    ):
+        configuration.validate_config(config)
+
+
+def test_test_variant_keeps_the_radius_small():
+    radius = mnist5k.get_config("test").radius
+    assert 0 < radius.num_images <= 64
+    assert radius.num_perturbations * radius.steps <= 16
+
+
+def test_workdir_without_radius_section_needs_allow_change(tmp_path):
+    """A workdir written before the radius section existed names it in the error."""
+    config = mnist5k.get_config()
+    record = {"config": config.to_dict(), "dataset_digest": "abc"}
+    old_record = {
+        "config": {k: v for k, v in record["config"].items() if k != "radius"},
+        "dataset_digest": "abc",
+    }
+    workdir = str(tmp_path / "old_run")
+    workdir_lib.write_record(workdir, old_record, [])
+    with pytest.raises(configuration.InputError) as raised:
+        workdir_lib.check_workdir(workdir, record, allow_change=False)
+    assert "config.radius.batch_size: '(missing)' -> 64" in str(raised.value)
+    assert "--allow_config_change" in str(raised.value)
+    changes = workdir_lib.check_workdir(workdir, record, allow_change=True)
+    assert len(changes) == 6
+    assert "config.radius.num_images: '(missing)' -> 1000" in changes
+    assert all(change.startswith("config.radius.") for change in changes)
 
 
 def test_unknown_variant_raises():

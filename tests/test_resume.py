@@ -19,10 +19,18 @@ from binary import (
 )
 
 # Files that must be byte-identical between two runs with the same seed and config.
-DETERMINISTIC_FILES = ("flips.npz", "mixture.npz", "regions.npz", "flips.png")
+DETERMINISTIC_FILES = (
+    "flips.npz",
+    "radius.npz",
+    "mixture.npz",
+    "regions.npz",
+    "flips.png",
+    "flip_radius.png",
+)
 # Outputs of the stages after the VAE, in the order the pipeline writes them.
 AFTER_VAE = (
     "flips.npz",
+    "radius.npz",
     "mixture.npz",
     "regions.npz",
     "checkpoints/corrected",
@@ -30,6 +38,7 @@ AFTER_VAE = (
     "checkpoints/baseline",
     "checkpoints/baseline.json",
     "flips.png",
+    "flip_radius.png",
     "regions",
     "report.json",
 )

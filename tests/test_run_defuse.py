@@ -3,9 +3,20 @@
 import glob
 import os
 
+import numpy as np
+import pytest
 from binary import copy_workdir, read_report, run_binary, without_timings
 
-STAGES = ("classifier", "vae", "identify", "distill", "regions", "correct", "report")
+STAGES = (
+    "classifier",
+    "vae",
+    "identify",
+    "radius",
+    "distill",
+    "regions",
+    "correct",
+    "report",
+)
 
 
 def test_binary_writes_every_output(finished_run):
@@ -15,6 +26,7 @@ def test_binary_writes_every_output(finished_run):
     for key in (
         "classifier_test_accuracy",
         "search",
+        "flip_radius",
         "distill",
         "regions",
         "annotation",
@@ -39,11 +51,45 @@ def test_binary_writes_every_output(finished_run):
         assert 0.0 <= report["correction"][name]["test_accuracy"] <= 1.0
         assert 0.0 <= report["correction"][name]["region_test_accuracy"] <= 1.0
 
+    _check_flip_radius(workdir, report)
+
     metric_files = glob.glob(os.path.join(workdir, "metrics", "*", "metrics.jsonl"))
     assert len(metric_files) == 1
     assert os.path.getsize(metric_files[0]) > 0
     # Finished stages leave no progress checkpoints behind.
     assert not os.path.exists(os.path.join(workdir, "progress"))
+
+
+def _check_flip_radius(workdir, report):
+    """The radius of the test config's first 64 source images, in all three outputs."""
+    flip_radius = report["flip_radius"]
+    assert flip_radius["noise"] == "gaussian"
+    assert flip_radius["num_perturbations"] == 4
+    scales = flip_radius["scales"]
+    assert len(scales) == 4
+    assert scales[0] == pytest.approx(0.05)
+    assert scales[-1] == pytest.approx(2.0)
+    per_class = flip_radius["per_class"]
+    assert list(per_class) == [str(digit) for digit in range(10)]
+    assert sum(entry["images"] for entry in per_class.values()) == 64
+    assert flip_radius["all"]["images"] == 64
+    for entry in per_class.values():
+        if entry["images"]:
+            assert 0.0 <= entry["fraction_no_flip"] <= 1.0
+        if entry["median_radius"] is not None:
+            assert scales[0] <= entry["median_radius"] <= scales[-1]
+
+    with np.load(os.path.join(workdir, "radius.npz")) as stored:
+        radius, source_index = stored["radius"], stored["source_index"]
+    assert radius.shape == source_index.shape == (64,)
+    # The radius stage searches the identify stage's first 64 sources, in order.
+    assert np.all(np.diff(source_index) > 0)
+    on_grid = np.isin(radius, np.float32(scales)) | np.isinf(radius)
+    assert on_grid.all()
+    assert np.mean(np.isinf(radius)) == pytest.approx(
+        flip_radius["all"]["fraction_no_flip"]
+    )
+    assert os.path.getsize(os.path.join(workdir, "flip_radius.png")) > 1000
 
 
 def test_binary_logs_each_stage(finished_run):
@@ -74,15 +120,26 @@ def test_rerun_reuses_outputs_and_matches(finished_run, tmp_path):
 def test_config_change_recomputes_only_later_stages(finished_run, tmp_path):
     source, _ = finished_run
     workdir = copy_workdir(source, tmp_path / "changed")
-    result = run_binary(workdir, "--config.correct.lam=0.3", "--allow_config_change")
+    result = run_binary(
+        workdir,
+        "--config.correct.lam=0.3",
+        "--config.radius.steps=3",
+        "--allow_config_change",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "config.correct.lam: 0.1 -> 0.3" in result.stderr
+    assert "config.radius.steps: 4 -> 3" in result.stderr
     for reused in ("classifier params", "vae params"):
         assert f"Reusing {reused}" in result.stderr
+    # The radius settings reach no stage but their own.
     for reused in ("flips.npz", "mixture.npz", "regions.npz"):
         assert f"Reusing {os.path.join(workdir, reused)}" in result.stderr
+    radius_path = os.path.join(workdir, "radius.npz")
+    assert f"Computing {radius_path}: its fingerprint changed" in result.stderr
     assert "Computing corrected params: their fingerprint changed" in result.stderr
-    assert read_report(workdir)["correction"]["lam"] == 0.3
+    report = read_report(workdir)
+    assert report["correction"]["lam"] == 0.3
+    assert len(report["flip_radius"]["scales"]) == 3
 
 
 def test_no_flips_removes_stale_outputs(finished_run, tmp_path):
@@ -98,6 +155,9 @@ def test_no_flips_removes_stale_outputs(finished_run, tmp_path):
     assert "fewer than the 2 needed" in report["notes"][0]
     assert report["regions"] == []
     assert "correction" not in report
+    # No flips does not mean no radius: it is still searched and reported.
+    assert "flip_radius" in report
+    assert os.path.exists(os.path.join(workdir, "flip_radius.png"))
     for stale in (
         "mixture.npz",
         "regions.npz",

@@ -48,15 +48,40 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Also skip source images whose own VAE reconstruction the classifier gets wrong:
     # their flips would come from the VAE, not from the perturbation.
     config.identify.require_correct_reconstruction = True
-    # "gaussian", or "beta" for centred Beta(beta_a, beta_a); both have std noise_scale
-    # per latent dimension (the VAE prior has std 1).
+    # Latent noise family. noise_scale is its std per latent dimension (the VAE prior
+    # has std 1):
+    # - "gaussian": N(0, noise_scale^2) in every dimension.
+    # - "beta": Beta(beta_a, beta_a) minus 0.5, rescaled to std noise_scale. It is
+    #   bounded, and close to Gaussian for large beta_a.
+    # - "beta_uncentred": the public Defuse reference code's noise, for comparison
+    #   only. It is "beta" shifted by +0.5 in every dimension, so it also moves every
+    #   code by about +0.5 per dimension.
+    # - "sparse": N(0, noise_scale^2) on one random coordinate per perturbation, 0 on
+    #   the others.
     config.identify.noise = "gaussian"
     config.identify.noise_scale = 0.25
+    # The shape a of Beta(a, a), used by "beta" and "beta_uncentred".
     config.identify.beta_a = 2.0
     # Source images per jitted call.
     config.identify.batch_size = 64
     # Search at most this many source images (0 searches the whole split).
     config.identify.max_source_images = 0
+
+    # Minimal flip radius: per source image, the smallest noise scale at which one of
+    # num_perturbations perturbations flips the prediction. It uses the identify
+    # section's noise family and tries the scales of a geometric grid.
+    config.radius = ml_collections.ConfigDict()
+    # Search at most this many of the identify stage's source images (0: no radius).
+    config.radius.num_images = 1000
+    # Perturbation directions per image, the same at every scale.
+    config.radius.num_perturbations = 16
+    # The grid: `steps` scales from `smallest` to `largest`, in the same unit as
+    # identify.noise_scale.
+    config.radius.smallest = 0.05
+    config.radius.largest = 2.0
+    config.radius.steps = 8
+    # Source images per jitted call.
+    config.radius.batch_size = 64
 
     config.distill = ml_collections.ConfigDict()
     # K, the truncation of the stick-breaking prior (the maximum number of components).
@@ -129,6 +154,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.identify.max_source_images = 128
         config.identify.num_perturbations = 8
         config.identify.batch_size = 32
+        config.radius.num_images = 64
+        config.radius.num_perturbations = 4
+        config.radius.steps = 4
+        config.radius.batch_size = 32
         config.distill.truncation = 5
         config.distill.max_steps = 100
         config.distill.min_region_size = 2
