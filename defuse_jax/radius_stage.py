@@ -1,6 +1,7 @@
 """Pipeline stage after identification: the minimal flip radius of the source images.
 
-For the first `config.radius.num_images` source images of the identify stage, the stage
+For `config.radius.num_images` source images of the identify stage, evenly spaced over
+them so that every class is represented, the stage
 finds the smallest noise scale on a geometric grid at which one of
 `config.radius.num_perturbations` perturbations flips the classifier's prediction
 (`identify.minimal_radius`). It caches the radii in `radius.npz` and summarises them per
@@ -39,7 +40,7 @@ def minimal_radius_stage(
     classifier_params: Any,
     search_fingerprint: str,
 ) -> dict[str, Any] | None:
-    """Compute or reuse the radius of the first `config.radius.num_images` source rows.
+    """Compute or reuse the radius of `config.radius.num_images` spread source rows.
 
     Args:
         run: The pipeline's shared run state.
@@ -57,7 +58,7 @@ def minimal_radius_stage(
         then a radius.npz of an earlier run is deleted.
     """
     config = run.config.radius
-    rows = np.asarray(source_rows[: config.num_images], np.int32)
+    rows = _spread(np.asarray(source_rows, np.int32), config.num_images)
     if not len(rows):
         workdir_lib.remove_stale(run.workdir, ["radius.npz"])
         return None
@@ -79,6 +80,18 @@ def minimal_radius_stage(
             f"images with no flip up to scale {config.largest:g}"
         )
     return entry
+
+
+def _spread(source_rows: np.ndarray, count: int) -> np.ndarray:
+    """Pick `count` source rows evenly spaced over all of them, in order.
+
+    Datasets are often stored sorted by class, so the first rows would all come from
+    one class; evenly spaced rows cover every class in proportion.
+    """
+    if len(source_rows) <= count:
+        return source_rows
+    picks = np.round(np.linspace(0, len(source_rows) - 1, count)).astype(int)
+    return source_rows[picks]
 
 
 def _radius_entry(

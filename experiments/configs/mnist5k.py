@@ -71,7 +71,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # num_perturbations perturbations flips the prediction. It uses the identify
     # section's noise family and tries the scales of a geometric grid.
     config.radius = ml_collections.ConfigDict()
-    # Search at most this many of the identify stage's source images (0: no radius).
+    # Search at most this many of the identify stage's source images, evenly spaced
+    # over them so that every class is represented (0: no radius).
     config.radius.num_images = 1000
     # Perturbation directions per image, the same at every scale.
     config.radius.num_perturbations = 16
