@@ -119,7 +119,7 @@ class BatchFlips(NamedTuple):
 
 
 def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A one-axis mesh named "data" over `devices` (default: this process's devices)."""
+    """Build a one-axis mesh named "data" over `devices` (default: this process's devices)."""
     devices = jax.local_devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("data_mesh got no devices; pass at least one jax.Device.")
@@ -160,7 +160,7 @@ def _unit_draws(
 def perturbations_per_step(
     num_images: int, num_perturbations: int, samples_per_step: int | None
 ) -> int:
-    """How many of the Q perturbations of every image one inner step decodes.
+    """Return how many of the Q perturbations of every image one inner step decodes.
 
     The largest divisor of Q whose steps hold at most `samples_per_step` decoded
     images (at least 1 perturbation per step); all Q when `samples_per_step` is None.
@@ -304,7 +304,7 @@ def radius_batch(
 
     Every scale perturbs an image along the same Q unit draws (from
     `fold_in(key, indices[i])`), scaled. The scales run one after another inside the
-    call (`lax.map`), so device memory holds one B x Q batch of decoded images at a time.
+    call (`lax.map`), so device memory contains one B x Q batch of decoded images at a time.
     Images with no flip at any scale, and padding rows, get `len(scales)`.
     """
     means, _ = generator.encode(generator_params, images)
@@ -331,7 +331,7 @@ def _jit_on_mesh(batch_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]
     """Jit a batch function of (params, params, 4 row arrays, key) on `mesh`.
 
     Under `shard_map` every device runs `batch_fn` on its own rows of the batch with
-    the params and key replicated; the search needs no communication between devices.
+    the params and key replicated. The search needs no communication between devices.
     """
     rows, replicated = PartitionSpec(DATA_AXIS), PartitionSpec()
     return jax.jit(
@@ -523,10 +523,10 @@ def identify(
             seed each image's noise); defaults to arange(N).
         mesh: Devices to search on, the batch split on the "data" axis; defaults to all
             of this process's devices. The noise and the flip selection do not
-            depend on the mesh; the decoded images do only through float rounding
-            when XLA sums a convolution in another order for another per-device
-            batch. With the default models the flips are bit for bit the same on 1
-            and 4 devices (tests/test_sharding.py).
+            depend on the mesh. The decoded images can differ by float rounding,
+            because XLA may sum a convolution in another order for another
+            per-device batch. With the default models the flips are bit for bit
+            the same on 1 and 4 devices (tests/test_sharding.py).
         samples_per_step: Decoded images per inner step of a jitted call: "auto" is
             512 on CPU (cache-sized steps) and the whole batch on accelerators.
         log_every_seconds: Seconds between progress log lines.

@@ -27,7 +27,7 @@ from jax import lax
 
 
 def _same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
-    """The (low, high) padding of XLA's "SAME" for one spatial axis."""
+    """Return the (low, high) padding of XLA's "SAME" for one spatial axis."""
     out = -(-size // stride)
     total = max((out - 1) * stride + window - size, 0)
     return total // 2, total - total // 2
@@ -36,7 +36,7 @@ def _same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
 def shifted_sum_conv(
     images: jax.Array, kernel: jax.Array, strides: tuple[int, int]
 ) -> jax.Array:
-    """A "SAME" convolution of one-channel images [N, H, W, 1] with kernel [kh, kw, 1, F].
+    """Convolve one-channel images [N, H, W, 1] with kernel [kh, kw, 1, F], "SAME" padding.
 
     Equal to `lax.conv_general_dilated` up to float rounding: every output is the sum,
     tap by tap, of a strided view of the padded input times that tap's F weights.

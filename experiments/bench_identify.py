@@ -210,8 +210,8 @@ def _layer_flops(module: Any, inputs: jax.Array, outputs: jax.Array) -> float:
         window = math.prod(module.kernel_size)
         return 2.0 * math.prod(outputs.shape) * inputs.shape[-1] * window
     if isinstance(module, models.ConvTranspose | nn.ConvTranspose):
-        # Each output sees kernel_size / strides taps of the undilated input; the zeros
-        # that XLA inserts between input pixels are not counted.
+        # Each output reads kernel_size / strides taps of the undilated input. The
+        # zeros that XLA inserts between input pixels are not counted.
         window = math.prod(module.kernel_size) / math.prod(module.strides)
         return 2.0 * math.prod(outputs.shape) * inputs.shape[-1] * window
     return 0.0
