@@ -93,6 +93,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "regions",
         "annotate",
         "correct",
+        "search_again",
         "report",
         "checkpoint",
     )
@@ -172,7 +173,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_range(config, "correct.learning_rate", 0, None, low_open=True)
     _check_range(config, "correct.num_test_samples", 1, None, integer=True)
 
+    _check_bool(config, "search_again.enabled")
+    _check_range(config, "search_again.match_distance", 0, None)
+    _check_range(config, "search_again.max_closed_error_rate", 0, 1)
+
     _check_range(config, "report.samples_per_region", 1, None, integer=True)
+    _check_range(config, "report.map_points", 0, None, integer=True)
     _check_range(config, "report.num_flip_examples", 1, None, integer=True)
 
     _check_range(config, "checkpoint.every_steps", 0, None, integer=True)

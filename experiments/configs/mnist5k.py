@@ -122,10 +122,26 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.regions.num_samples = 200
 
     config.annotate = ml_collections.ConfigDict()
+    # Who labels the regions:
+    # - "majority_source": the majority source label of each region's flips.
+    # - "agreement": the same label, but "unsure" (not corrected) when more than
+    #   `max_disagreement` of the flips have another source label.
+    # - "oracle": the majority prediction of a reference classifier on decoded region
+    #   samples; the classifier is the orbax params folder `oracle_checkpoint`.
+    # - "file": a manifest written by `experiments/annotate.py export` and filled in
+    #   by a person; its path is `file`.
     config.annotate.annotator = "majority_source"
     # Reject regions whose flips share their majority source label less often than
     # this. A person could not name one class for such a mixed region.
     config.annotate.min_source_purity = 0.0
+    config.annotate.max_disagreement = 0.3
+    config.annotate.file = ""
+    config.annotate.oracle_checkpoint = ""
+    # The oracle's architecture; empty features or hidden_dim 0 take the classifier's.
+    config.annotate.oracle_features = ()
+    config.annotate.oracle_hidden_dim = 0
+    # Decoded samples per region that the oracle votes on.
+    config.annotate.oracle_samples = 64
 
     config.correct = ml_collections.ConfigDict()
     # lambda: loss = (1 - lam) * CE(original batch) + lam * CE(region batch).
@@ -137,9 +153,23 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Held-out region samples per region for region test accuracy.
     config.correct.num_test_samples = 200
 
+    # Search again: after correction, run identification on the corrected classifier
+    # with the same settings and key, fit regions to the new flips, and match them to
+    # the old regions.
+    config.search_again = ml_collections.ConfigDict()
+    config.search_again.enabled = True
+    # An old and a new region match when the Bhattacharyya distance between their
+    # Gaussians is at most this.
+    config.search_again.match_distance = 1.0
+    # A corrected region is closed when no new region matches it and the corrected
+    # classifier mislabels at most this fraction of its fresh samples.
+    config.search_again.max_closed_error_rate = 0.5
+
     config.report = ml_collections.ConfigDict()
     config.report.samples_per_region = 32
     config.report.num_flip_examples = 48
+    # Training codes drawn in the 2-D latent map of report.html.
+    config.report.map_points = 2000
 
     # How often long stages save progress. Changing it never changes a result, and a
     # killed run resumes from the last save.
@@ -167,6 +197,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.correct.num_test_samples = 16
         config.report.samples_per_region = 8
         config.report.num_flip_examples = 8
+        config.report.map_points = 200
+        config.annotate.oracle_samples = 16
         config.checkpoint.every_steps = 10
         config.checkpoint.identify_every_batches = 1
     elif variant:
