@@ -17,12 +17,24 @@ if TYPE_CHECKING:
 def annotate_regions(
     run: _Run,
     regions: regions_lib.Regions,
+    region_ids: np.ndarray,
     flips: Flips,
     mixture: dict[str, np.ndarray],
     generator_params: Any,
+    run_id: str,
 ) -> annotate.Annotation:
-    """Label each region with `config.annotate.annotator`."""
-    del generator_params  # Used by annotators that look at decoded samples.
+    """Label each region with `config.annotate.annotator`.
+
+    Args:
+        run: The run's state (config, dataset, generator, classifier apply_fn, keys).
+        regions: The regions, R rows.
+        region_ids: [R] the regions' stable ids, as in report.json and annotation files.
+        flips: The flips the regions were fitted to.
+        mixture: The mixture stage's arrays ("assignments": each flip's component).
+        generator_params: The VAE's params, to decode region samples.
+        run_id: Id of this run's regions; an annotation file must carry the same one.
+    """
+    del generator_params, region_ids, run_id  # Used by the oracle and file annotators.
     config = run.config.annotate
     annotator = annotate.get_annotator(config.annotator)
     return annotate.reject_mixed(

@@ -32,7 +32,16 @@ def write_report(
     generator_params: Any,
     classifier_params: Any,
     annotation: annotate.Annotation | None = None,
+    *,
+    region_ids: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """Draw the report's images and write report.json; return the report.
+
+    Args:
+        region_ids: [R] stable id of each region row; grids are named by id.
+    """
+    if regions is not None and region_ids is None:
+        region_ids = np.arange(regions.size, dtype=np.int32)
     with run.stage("report") as summary:
         names = run.dataset.class_names
         config = run.config.report
@@ -71,6 +80,9 @@ def write_report(
         elif os.path.exists(radius_plot):
             os.remove(radius_plot)
         region_records = []
+        samples_path = os.path.join(run.workdir, "region_samples.npz")
+        if os.path.exists(samples_path):
+            os.remove(samples_path)
         if regions is not None and regions.size:
             codes = regions_lib.sample_codes(
                 run.keys["report"],
@@ -87,26 +99,42 @@ def write_report(
                 classifier_params,
                 np.asarray(codes).reshape(-1, regions.mean.shape[1]),
             )
+            # The samples drawn here, for `experiments/annotate.py export`; the run id
+            # stands in the fingerprint field, so an export names the regions it shows.
+            workdir_lib.save_arrays(
+                samples_path,
+                outputs["run_id"],
+                {
+                    "region_id": np.repeat(region_ids, per_region).astype(np.int32),
+                    "images": np.round(np.clip(all_images, 0, 1) * 255).astype(
+                        np.uint8
+                    ),
+                    "predicted": np.asarray(all_predicted, np.int32),
+                    "class_names": np.asarray(names),
+                },
+            )
             for r in range(regions.size):
                 images = all_images[r * per_region : (r + 1) * per_region]
                 predicted = all_predicted[r * per_region : (r + 1) * per_region]
                 target = regions.source_label[r]
                 label = None if annotation is None else int(annotation.label[r])
-                path = os.path.join("regions", f"region_{r:02d}.png")
+                region_id = int(region_ids[r])
+                path = os.path.join("regions", f"region_{region_id:02d}.png")
                 report.save_image_grid(
                     os.path.join(grids, os.path.basename(path)),
                     images,
                     [f"pred {names[p]}" for p in predicted],
                     title_colors=["red" if p != target else "black" for p in predicted],
                     title=(
-                        f"Region {r}: {names[target]} → {names[regions.predicted_label[r]]}, "
+                        f"Region {region_id}: {names[target]} → {names[regions.predicted_label[r]]}, "
                         f"weight {regions.weight[r]:.3f}, {regions.member_count[r]} flips, "
                         f"sample error {regions.sample_error_rate[r]:.2f}"
                     ),
                 )
                 region_records.append(
                     {
-                        "region": r,
+                        "region": region_id,
+                        "row": r,
                         "component": int(regions.component[r]),
                         "weight": float(regions.weight[r]),
                         "member_count": int(regions.member_count[r]),
@@ -128,6 +156,7 @@ def write_report(
             "num_train": len(run.dataset.train_images),
             "num_test": len(run.dataset.test_images),
             "num_classes": run.dataset.num_classes,
+            "class_names": list(names),
             "image_shape": list(run.dataset.image_shape),
         }
         summary["output"] = f"{len(region_records)} region grids"

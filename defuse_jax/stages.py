@@ -99,6 +99,13 @@ def distill_correct_report(
             )
         )
         summary["output"] = f"{regions.size} regions"
+    # The run id names this set of regions: annotation files carry it, so a file
+    # exported from other regions is refused.
+    outputs["run_id"] = regions_fingerprint
+    # Region ids that stay the same across runs in this workdir.
+    region_ids = np.arange(
+        regions.size, dtype=np.int32
+    )  # TODO(search-again): registry.
     if regions.size == 0:
         message = (
             f"No mixture component reached distill.min_weight={config.distill.min_weight} "
@@ -113,12 +120,19 @@ def distill_correct_report(
             regions,
             generator_params,
             classifier_params,
+            region_ids=region_ids,
         )
 
     # Annotation: one label per region, or a rejection.
     with run.stage("annotate", f"{regions.size} regions") as summary:
         annotation = annotate_stage.annotate_regions(
-            run, regions, flips, mixture_arrays, generator_params
+            run,
+            regions,
+            region_ids,
+            flips,
+            mixture_arrays,
+            generator_params,
+            outputs["run_id"],
         )
         outputs["annotation"] = {
             "annotator": annotation.source,
@@ -170,6 +184,7 @@ def distill_correct_report(
         generator_params,
         classifier_params,
         annotation,
+        region_ids=region_ids,
     )
 
 
