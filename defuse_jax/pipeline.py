@@ -65,6 +65,8 @@ _KEY_IDS = {
     "region_test": 8,
     "report": 9,
     "radius": 10,
+    "annotate": 11,
+    "search_again": 12,
 }
 
 

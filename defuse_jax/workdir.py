@@ -25,8 +25,20 @@ from defuse_jax.configuration import InputError
 
 # Config sections that change how a run saves its work, never what it computes.
 _UNCOMPARED_SECTIONS = ("checkpoint",)
+# Config sections a rerun may change without --allow_config_change: who labels the
+# regions, the search after correction, and the report. Changing them is the normal
+# workflow (label the regions, then correct), and they only recompute later stages.
+_FREE_SECTIONS = ("annotate", "search_again", "report")
 # Report outputs, rewritten at the end of every run.
-REPORT_OUTPUTS = ("report.json", "flips.png", "flip_radius.png", "regions")
+REPORT_OUTPUTS = (
+    "report.json",
+    "report.html",
+    "flips.png",
+    "flip_radius.png",
+    "latent_map.png",
+    "region_samples.npz",
+    "regions",
+)
 
 _PACKAGES = (
     "jax",
@@ -87,7 +99,9 @@ def check_workdir(
 
     Raises:
         InputError: The folder contains files but no readable config.json, or contains
-            the outputs of different inputs and `allow_change` is False. Nothing is written.
+            the outputs of different inputs and `allow_change` is False. Changes in
+            the config sections `annotate`, `search_again` and `report` are allowed
+            without `allow_change`. Nothing is written.
     """
     if not os.path.isdir(workdir) or not os.listdir(workdir):
         return []
@@ -118,9 +132,11 @@ def check_workdir(
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key)
     ]
-    if changes and not allow_change:
-        listed = "; ".join(changes[:5]) + (
-            f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
+    free = tuple(f"config.{section}." for section in _FREE_SECTIONS)
+    refused = [line for line in changes if not line.startswith(free)]
+    if refused and not allow_change:
+        listed = "; ".join(refused[:5]) + (
+            f"; and {len(refused) - 5} more" if len(refused) > 5 else ""
         )
         raise InputError(
             f"--workdir={workdir!r} contains the outputs of a different run ({listed}). "
