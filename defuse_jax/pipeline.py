@@ -16,7 +16,11 @@ Workdir layout:
     checkpoints/NAME.json        the fingerprint of those params
     progress/                    checkpoints of unfinished stages, deleted when they end
     flips.npz, radius.npz, mixture.npz, regions.npz
-    report.json, flips.png, flip_radius.png, regions/region_RR.png
+    region_ids.json              every region seen here, so ids stay stable
+    flips_after.npz, mixture_after.npz, regions_after.npz
+                                 the search of the corrected classifier
+    report.json, report.html, region_samples.npz, *.png, regions/region_II.png,
+    search_again/region_II.png   the report and its images
     metrics/                     JSON lines and TensorBoard events of training
 """
 
@@ -38,15 +42,12 @@ from defuse_jax import (
     classifier,
     configuration,
     data,
-    identify,
+    identify_stage,
     models,
     radius_stage,
     stages,
     training,
     vae,
-)
-from defuse_jax import (
-    regions as regions_lib,
 )
 from defuse_jax import (
     workdir as workdir_lib,
@@ -93,6 +94,8 @@ class _Run:
     writer: training.MetricWriter
     apply_fn: classifier.ApplyFn
     generator: vae.Generator
+    # False writes report.json only: no images and no report.html.
+    draw_report: bool = True
     durations: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @contextlib.contextmanager
@@ -136,6 +139,7 @@ def run(
     allow_config_change: bool = False,
     dataset: data.Dataset | None = None,
     audited: Classifier | None = None,
+    draw_report: bool = True,
 ) -> dict[str, Any]:
     """Run every Defuse stage on `config` and write the outputs to `workdir`.
 
@@ -147,6 +151,8 @@ def run(
             or classifier, and recompute the stages that depend on what changed.
         dataset: Arrays to use instead of loading `config.dataset.name`.
         audited: A classifier to audit instead of training `config.classifier`.
+        draw_report: False writes report.json only, without images or report.html;
+            for sweeps that only need the numbers.
 
     Returns:
         The report, also written to `workdir/report.json`.
@@ -206,6 +212,7 @@ def run(
             classifier.make_apply_fn(cnn) if audited is None else audited.apply_fn
         ),
         generator=vae.make_generator(vae_model),
+        draw_report=draw_report,
     )
     logging.info(
         "Dataset %s: %d train and %d test images of shape %s, %d classes.",
@@ -290,7 +297,7 @@ def _run_stages(
         search_fingerprint = fingerprint(
             clf_fingerprint, vae_fingerprint, config.identify
         )
-        search = _identify(
+        search = identify_stage.search(
             run_state, generator_params, classifier_params, search_fingerprint
         )
         flips = search.pop("flips")
@@ -306,7 +313,7 @@ def _run_stages(
     }
 
     # Minimal flip radius of the first source images. No later stage reads it.
-    images, labels = _search_split(run_state)
+    images, labels = identify_stage.search_split(run_state)
     flip_radius = radius_stage.minimal_radius_stage(
         run_state,
         images,
@@ -396,112 +403,3 @@ def _train_vae(run_state: _Run, vae_model: models.VAE, stage_fingerprint: str) -
     return workdir_lib.cached_params(
         run_state.workdir, "vae", stage_fingerprint, like, train
     )
-
-
-def _search_split(run_state: _Run) -> tuple[np.ndarray, np.ndarray]:
-    """Return the images and labels of the split that `config.identify.split` names."""
-    dataset = run_state.dataset
-    if run_state.config.identify.split == "train":
-        return dataset.train_images, dataset.train_labels
-    return dataset.test_images, dataset.test_labels
-
-
-def _identify(
-    run_state: _Run,
-    generator_params: Any,
-    classifier_params: Any,
-    stage_fingerprint: str,
-) -> dict[str, Any]:
-    config = run_state.config.identify
-    images, labels = _search_split(run_state)
-    predicted = classifier.predict(run_state.apply_fn, classifier_params, images)
-    is_source = predicted == labels
-    num_misclassified = int(np.sum(~is_source))
-    num_bad_reconstructions = 0
-    if config.require_correct_reconstruction:
-        reconstructed = regions_lib.decode_and_classify(
-            run_state.generator,
-            generator_params,
-            run_state.apply_fn,
-            classifier_params,
-            identify.encode_means(run_state.generator, generator_params, images),
-        )[1]
-        num_bad_reconstructions = int(np.sum(is_source & (reconstructed != labels)))
-        is_source &= reconstructed == labels
-    correct_rows = np.nonzero(is_source)[0].astype(np.int32)
-    if config.max_source_images:
-        correct_rows = correct_rows[: config.max_source_images]
-    logging.info(
-        "identify: searching %d %s images: %d of %d are misclassified and %d have a "
-        "misclassified VAE reconstruction, so they are skipped.",
-        len(correct_rows),
-        config.split,
-        num_misclassified,
-        len(labels),
-        num_bad_reconstructions,
-    )
-    noise = identify.NoiseConfig(config.noise, config.noise_scale, config.beta_a)
-    progress_path = os.path.join(run_state.workdir, "progress", "flips.npz")
-
-    def save_progress(num_done: int, flips: identify.Flips) -> None:
-        workdir_lib.save_arrays(
-            progress_path,
-            stage_fingerprint,
-            {"num_done": np.asarray(num_done), **flips._asdict()},
-        )
-        logging.info(
-            "identify: saved progress after %d of %d images.",
-            num_done,
-            len(correct_rows),
-        )
-
-    def compute():
-        resume = None
-        stored = workdir_lib.load_arrays(progress_path, stage_fingerprint)
-        if stored is not None:
-            resume = (int(stored.pop("num_done")), identify.Flips(**stored))
-        flips = identify.identify(
-            generator_params,
-            classifier_params,
-            images[correct_rows],
-            labels[correct_rows],
-            run_state.keys["search"],
-            generator=run_state.generator,
-            apply_fn=run_state.apply_fn,
-            num_perturbations=config.num_perturbations,
-            max_flips_per_image=config.max_flips_per_image,
-            noise=noise,
-            batch_size=config.batch_size,
-            source_indices=correct_rows,
-            resume=resume,
-            on_progress=save_progress,
-            progress_every=run_state.config.checkpoint.identify_every_batches,
-        )
-        return flips._asdict()
-
-    arrays = workdir_lib.cached_arrays(
-        run_state.workdir, "flips", stage_fingerprint, compute
-    )
-    workdir_lib.remove_progress(run_state.workdir, "flips")
-    flips = identify.Flips(**arrays)
-    images_with_flips = len(np.unique(flips.source_index))
-    return {
-        "flips": flips,
-        "source_rows": correct_rows,
-        "split": config.split,
-        "split_size": len(labels),
-        "note": (
-            "Only source images that the classifier labels correctly are searched"
-            + (
-                ", and only those whose VAE reconstruction it also labels correctly."
-                if config.require_correct_reconstruction
-                else "."
-            )
-        ),
-        "misclassified_skipped": num_misclassified,
-        "bad_reconstruction_skipped": num_bad_reconstructions,
-        "searched_images": len(correct_rows),
-        "num_flips": flips.size,
-        "images_with_flips": images_with_flips,
-        "fraction_images_with_flips": images_with_flips / max(len(correct_rows), 1),
-    }

@@ -57,8 +57,8 @@ def npz_bytes(arrays: Mapping[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def write_json(path: str, value: Any) -> None:
-    """Write `value` as indented JSON, atomically; numpy scalars and arrays become lists."""
+def json_text(value: Any) -> str:
+    """Return `value` as indented JSON; numpy scalars and arrays become lists."""
 
     def convert(item):
         if isinstance(item, np.ndarray):
@@ -67,8 +67,12 @@ def write_json(path: str, value: Any) -> None:
             return item.item()
         raise TypeError(f"Cannot write {type(item).__name__} to JSON.")
 
-    text = json.dumps(value, indent=2, sort_keys=False, default=convert)
-    atomic_write_bytes(path, (text + "\n").encode())
+    return json.dumps(value, indent=2, sort_keys=False, default=convert)
+
+
+def write_json(path: str, value: Any) -> None:
+    """Write `value` as indented JSON, atomically; numpy scalars and arrays become lists."""
+    atomic_write_bytes(path, (json_text(value) + "\n").encode())
 
 
 def save_image_grid(
@@ -200,6 +204,104 @@ def save_radius_plot(
     fraction_axis.set_xlabel("source class")
     figure.tight_layout()
     _save_figure(figure, path)
+
+
+def save_latent_map(
+    path: str,
+    train_codes: np.ndarray,
+    train_labels: np.ndarray,
+    flip_codes: np.ndarray,
+    centres: np.ndarray,
+    centre_ids: Sequence[int],
+    class_names: Sequence[str],
+) -> list[float]:
+    """Save a 2-D PCA map of the latent space: training codes, flips and region centres.
+
+    The PCA is fitted on the training codes. Training codes are small points coloured by
+    class, flips are black crosses, and region centres are large markers labelled with
+    their ids.
+
+    Args:
+        path: Output PNG path; written atomically.
+        train_codes: [N, L] codes of training images, N >= 2.
+        train_labels: [N] their class labels.
+        flip_codes: [M, L] codes of flips; M may be 0.
+        centres: [R, L] region means; R may be 0.
+        centre_ids: R region ids, written next to the centres.
+        class_names: Names of the classes, for the legend.
+
+    Returns:
+        The fraction of the training codes' variance that each of the 2 axes explains.
+    """
+    from sklearn.decomposition import PCA  # Imported on use, like matplotlib.
+
+    train_codes = np.asarray(train_codes, np.float64)
+    if len(train_codes) < 2 or train_codes.shape[1] < 2:
+        raise ValueError(
+            f"save_latent_map needs at least 2 training codes of at least 2 dimensions, "
+            f"got shape {train_codes.shape}."
+        )
+    pca = PCA(n_components=2, random_state=0).fit(train_codes)
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8.0, 6.5))
+    train_points = pca.transform(train_codes)
+    colours = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for label, name in enumerate(class_names):
+        rows = np.asarray(train_labels) == label
+        if rows.any():
+            axis.scatter(
+                *train_points[rows].T,
+                s=6,
+                alpha=0.5,
+                color=colours(label % colours.N),
+                linewidths=0,
+                label=str(name),
+            )
+    if len(flip_codes):
+        flip_points = pca.transform(np.asarray(flip_codes, np.float64))
+        axis.scatter(
+            *flip_points.T,
+            s=8,
+            marker="x",
+            color="black",
+            alpha=0.4,
+            linewidths=0.6,
+            label="flips",
+        )
+    if len(centres):
+        centre_points = pca.transform(np.asarray(centres, np.float64))
+        axis.scatter(
+            *centre_points.T,
+            s=120,
+            marker="o",
+            facecolors="gold",
+            edgecolors="black",
+            linewidths=1.2,
+            label="region centres",
+            zorder=3,
+        )
+        for (x, y), region_id in zip(centre_points, centre_ids, strict=True):
+            axis.annotate(
+                str(region_id),
+                (x, y),
+                xytext=(6, 6),
+                textcoords="offset points",
+                fontsize=9,
+                fontweight="bold",
+                zorder=4,
+            )
+    ratios = [float(value) for value in pca.explained_variance_ratio_]
+    axis.set_xlabel(f"PC 1 ({ratios[0]:.0%} of variance)")
+    axis.set_ylabel(f"PC 2 ({ratios[1]:.0%} of variance)")
+    axis.set_title(
+        f"Latent space, PCA of {len(train_codes)} training codes", fontsize=10
+    )
+    legend = axis.legend(fontsize=7, loc="best", ncol=2, framealpha=0.8)
+    for handle in legend.legend_handles:
+        handle.set_sizes([24])  # One marker size in the legend, whatever the plot's.
+    figure.tight_layout()
+    _save_figure(figure, path)
+    return ratios
 
 
 def _pyplot() -> Any:

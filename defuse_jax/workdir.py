@@ -327,3 +327,20 @@ def cached_arrays(
     arrays = compute()
     save_arrays(path, stage_fingerprint, arrays)
     return arrays
+
+
+def replace_folder(new: str, target: str) -> None:
+    """Move folder `new` to `target`, replacing what was there; delete `new` if empty.
+
+    Draw a folder of images into `new` first, then call this: a kill never leaves a
+    half-drawn `target`, and files of an earlier run never sit next to new ones.
+    """
+    old = target + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(target):
+        os.rename(target, old)
+    if os.listdir(new):
+        os.rename(new, target)
+    else:
+        os.rmdir(new)
+    shutil.rmtree(old, ignore_errors=True)

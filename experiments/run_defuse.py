@@ -8,9 +8,11 @@ Run the same command again to resume a killed run. A workdir written with anothe
 config is rejected unless --allow_config_change is passed.
 """
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 
 import jax
 from absl import app, flags, logging
@@ -72,12 +74,19 @@ def main(argv: list[str]) -> None:
     logging.info(
         "JAX backend %s with devices %s.", jax.default_backend(), jax.devices()
     )
-    try:
+    with exit_on_known_errors():
         pipeline.run(
             _CONFIG.value,
             _WORKDIR.value,
             allow_config_change=_ALLOW_CONFIG_CHANGE.value,
         )
+
+
+@contextlib.contextmanager
+def exit_on_known_errors() -> Iterator[None]:
+    """Turn bad input, divergence and out-of-memory errors into one `error:` line."""
+    try:
+        yield
     except InputError as error:
         # One line on stderr and exit status 1, before anything is written.
         raise SystemExit(f"error: {error}") from None

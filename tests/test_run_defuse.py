@@ -1,6 +1,7 @@
 """End-to-end tests of the experiments.run_defuse binary, run as a subprocess."""
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -15,6 +16,7 @@ STAGES = (
     "distill",
     "regions",
     "correct",
+    "search_again",
     "report",
 )
 
@@ -52,6 +54,7 @@ def test_binary_writes_every_output(finished_run):
         assert 0.0 <= report["correction"][name]["region_test_accuracy"] <= 1.0
 
     _check_flip_radius(workdir, report)
+    _check_search_again(workdir, report)
 
     metric_files = glob.glob(os.path.join(workdir, "metrics", "*", "metrics.jsonl"))
     assert len(metric_files) == 1
@@ -90,6 +93,39 @@ def _check_flip_radius(workdir, report):
         flip_radius["all"]["fraction_no_flip"]
     )
     assert os.path.getsize(os.path.join(workdir, "flip_radius.png")) > 1000
+
+
+def _check_search_again(workdir, report):
+    """Every region gets a status after the second search, and ids are never reused."""
+    ids = [region["region"] for region in report["regions"]]
+    assert len(set(ids)) == len(ids)
+    again = report["search_again"]
+    assert again["searched_images"] == 128
+    assert [record["region"] for record in again["regions"]] == ids
+    corrected = {
+        int(region)
+        for region in report["correction"]["defuse"]["region_test_accuracy_per_region"]
+    }
+    for record in again["regions"]:
+        if record["region"] in corrected:
+            assert record["status"] in ("closed", "persisting")
+            accuracy = report["correction"]["defuse"][
+                "region_test_accuracy_per_region"
+            ][str(record["region"])]
+            assert record["error_rate_after"] == pytest.approx(1.0 - accuracy)
+        else:
+            assert record["status"] == "not_corrected"
+        if record["status"] == "closed":
+            assert record["matched_region"] is None
+            assert record["error_rate_after"] <= again["max_closed_error_rate"]
+    assert again["closed"] + again["persisting"] == len(corrected)
+    # New regions take ids that no region before correction had.
+    for region in again["new_regions"]:
+        assert region["region"] not in ids
+        assert os.path.getsize(os.path.join(workdir, region["grid"])) > 1000
+    with open(os.path.join(workdir, "region_ids.json"), encoding="utf-8") as file:
+        stored = {entry["id"] for entry in json.load(file)["regions"]}
+    assert set(ids) <= stored
 
 
 def test_binary_logs_each_stage(finished_run):
@@ -155,6 +191,7 @@ def test_no_flips_removes_stale_outputs(finished_run, tmp_path):
     assert "fewer than the 2 needed" in report["notes"][0]
     assert report["regions"] == []
     assert "correction" not in report
+    assert "search_again" not in report
     # No flips does not mean no radius: it is still searched and reported.
     assert "flip_radius" in report
     assert os.path.exists(os.path.join(workdir, "flip_radius.png"))
@@ -165,5 +202,8 @@ def test_no_flips_removes_stale_outputs(finished_run, tmp_path):
         "regions",
         "checkpoints/corrected",
         "checkpoints/baseline",
+        "flips_after.npz",
+        "regions_after.npz",
+        "search_again",
     ):
         assert not os.path.exists(os.path.join(workdir, stale)), stale
