@@ -161,8 +161,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_range(config, "distill.min_weight", 0, 1)
     _check_range(config, "distill.min_region_size", 1, None, integer=True)
 
-    _check_choice(config, "annotate.annotator", tuple(sorted(ANNOTATORS)))
-    _check_range(config, "annotate.min_source_purity", 0, 1)
+    _check_annotate(config)
     _check_range(config, "regions.tau", 0, None, low_open=True)
     _check_range(config, "regions.num_samples", 1, None, integer=True)
 
@@ -183,6 +182,62 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
     _check_range(config, "checkpoint.every_steps", 0, None, integer=True)
     _check_range(config, "checkpoint.identify_every_batches", 0, None, integer=True)
+
+
+_ANNOTATE_FIELDS = (
+    "annotator",
+    "min_source_purity",
+    "max_disagreement",
+    "file",
+    "oracle_checkpoint",
+    "oracle_features",
+    "oracle_hidden_dim",
+    "oracle_samples",
+)
+
+
+def _check_annotate(config: ml_collections.ConfigDict) -> None:
+    """Check the annotate section; files named there are checked when a run starts."""
+    missing = [name for name in _ANNOTATE_FIELDS if name not in config.annotate]
+    if missing:
+        raise InputError(
+            f"config.annotate is missing the fields {missing}; copy them from "
+            "experiments/configs/mnist5k.py."
+        )
+    _check_choice(config, "annotate.annotator", tuple(ANNOTATORS))
+    _check_range(config, "annotate.min_source_purity", 0, 1)
+    _check_range(config, "annotate.max_disagreement", 0, 1)
+
+    for field in ("file", "oracle_checkpoint"):
+        value = config.annotate[field]
+        if not isinstance(value, str):
+            raise InputError(
+                f"config.annotate.{field}={value!r} must be a path (a string)."
+            )
+
+    if config.annotate.annotator == "file" and not config.annotate.file:
+        raise InputError(
+            "config.annotate.annotator='file' needs config.annotate.file; pass "
+            "--config.annotate.file=PATH, a manifest written by `python -m "
+            "experiments.annotate export` and filled in."
+        )
+    if config.annotate.annotator == "oracle" and not config.annotate.oracle_checkpoint:
+        raise InputError(
+            "config.annotate.annotator='oracle' needs config.annotate.oracle_checkpoint; "
+            "pass --config.annotate.oracle_checkpoint=FOLDER, the orbax params of a "
+            "classifier such as WORKDIR/checkpoints/classifier of another run."
+        )
+
+    features = config.annotate.oracle_features
+    if not isinstance(features, (tuple, list)) or any(
+        isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features
+    ):
+        raise InputError(
+            f"config.annotate.oracle_features={features!r} is invalid; use a tuple of "
+            "positive integers such as (32, 64), or () for the classifier's features."
+        )
+    _check_range(config, "annotate.oracle_hidden_dim", 0, None, integer=True)
+    _check_range(config, "annotate.oracle_samples", 1, None, integer=True)
 
 
 def validate_against_dataset(config: ml_collections.ConfigDict, dataset: Any) -> None:

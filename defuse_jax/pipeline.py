@@ -39,6 +39,7 @@ import numpy as np
 from absl import logging
 
 from defuse_jax import (
+    annotate_stage,
     classifier,
     configuration,
     data,
@@ -173,6 +174,8 @@ def run(
     else:
         _check_dataset(dataset)
     configuration.validate_against_dataset(config, dataset)
+    # A bad annotation file or oracle checkpoint fails here, before anything is written.
+    annotate_stage.check_inputs(config, dataset)
     cnn = models.CNN(
         dataset.num_classes,
         tuple(config.classifier.features),

@@ -258,11 +258,12 @@ def region_status(
             error rate after correction is at most this.
 
     Returns:
-        One record per old region: "region", "status", "error_rate_before",
-        "error_rate_after", "matched_region" (id of the nearest new region with the
-        same source label within the match distance, or None), "distance" (to the
-        nearest new region with the same source label, or None), and
-        "nearest_region" and "nearest_distance" (the nearest new region of any label).
+        One record per old region with "region", "status", "error_rate_before" and
+        "error_rate_after". "matched_region" is the id of the nearest new region with
+        the same source label within the match distance, or None. "distance" is the
+        distance to the nearest new region with the same source label, or None.
+        "nearest_region" and "nearest_distance" name the nearest new region of any
+        label.
     """
     records = []
     labelled = np.where(same_label, distance, np.inf)

@@ -80,8 +80,8 @@ def distill_correct_report(
     mixture_arrays, regions, regions_fingerprint = _distill_and_regions(
         run, outputs, flips, classifier_params, generator_params, search_fingerprint
     )
-    # The run id names this set of regions: annotation files carry it, so a file
-    # exported from other regions is refused.
+    # The run id names this set of regions. Annotation files carry it, so a file
+    # exported from other regions is rejected.
     outputs["run_id"] = regions_fingerprint
     # Region ids that stay the same across runs in this workdir.
     registry = search_again.load_registry(run.workdir, regions.mean.shape[1])
@@ -137,7 +137,7 @@ def distill_correct_report(
     # Correction: lambda-mixed fine-tuning from the audited params, and the baseline.
     if annotation.accepted.any():
         with run.stage("correct", f"lambda {config.correct.lam}") as summary:
-            # The labels and decisions, not the annotate config, decide correction:
+            # The labels and decisions decide correction, not the annotate config, so
             # two annotators that agree share one correction.
             correct_fingerprint = fingerprint(
                 regions_fingerprint,
@@ -178,7 +178,7 @@ def distill_correct_report(
         else:
             workdir_lib.remove_stale(run.workdir, list(_SEARCH_AGAIN_OUTPUTS))
     else:
-        message = "The annotator labelled no region to fix; no correction."
+        message = "The annotator marked no region as fix, so nothing is corrected."
         _skip_correction(run, outputs, message)
     return _report(
         run,
@@ -194,7 +194,7 @@ def distill_correct_report(
 
 
 def _report(run: _Run, outputs: dict[str, Any], *args: Any, **kwargs: Any) -> dict:
-    """Write the report; only report.json when the run draws no report."""
+    """Write the report, or only report.json when the run draws no report."""
     if run.draw_report:
         return report_stage.write_report(run, outputs, *args, **kwargs)
     workdir_lib.remove_stale(

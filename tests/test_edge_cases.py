@@ -30,7 +30,7 @@ def test_every_region_rejected_skips_correction(finished_run, tmp_path, monkeypa
 
     assert report["annotation"]["accepted"] == 0
     assert report["annotation"]["rejected"] == len(report["regions"]) > 0
-    assert "rejected every region" in report["notes"][0]
+    assert "marked no region as fix" in report["notes"][0]
     assert "correction" not in report
     assert not os.path.exists(os.path.join(workdir, "checkpoints", "corrected"))
     assert read_report(workdir)["annotation"]["annotator"] == "reject_all"

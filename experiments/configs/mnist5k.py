@@ -127,12 +127,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # - "agreement": the same label, but "unsure" (not corrected) when more than
     #   `max_disagreement` of the flips have another source label.
     # - "oracle": the majority prediction of a reference classifier on decoded region
-    #   samples; the classifier is the orbax params folder `oracle_checkpoint`.
+    #   samples. The classifier is the orbax params folder `oracle_checkpoint`, and a
+    #   region whose oracle label equals the audited classifier's majority prediction
+    #   is "not_a_bug".
     # - "file": a manifest written by `experiments/annotate.py export` and filled in
-    #   by a person; its path is `file`.
+    #   by a person; its path is `file`. A label with an empty decision means "fix".
     config.annotate.annotator = "majority_source"
     # Reject regions whose flips share their majority source label less often than
-    # this. A person could not name one class for such a mixed region.
+    # this. A person could not name one class for such a mixed region. It applies to
+    # the automatic annotators, never to the decisions in a file.
     config.annotate.min_source_purity = 0.0
     config.annotate.max_disagreement = 0.3
     config.annotate.file = ""
