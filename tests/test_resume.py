@@ -24,6 +24,8 @@ DETERMINISTIC_FILES = (
     "radius.npz",
     "mixture.npz",
     "regions.npz",
+    "flips_after.npz",
+    "regions_after.npz",
     "flips.png",
     "flip_radius.png",
 )
@@ -37,10 +39,18 @@ AFTER_VAE = (
     "checkpoints/corrected.json",
     "checkpoints/baseline",
     "checkpoints/baseline.json",
+    "flips_after.npz",
+    "mixture_after.npz",
+    "regions_after.npz",
+    "region_ids.json",
+    "search_again",
     "flips.png",
     "flip_radius.png",
+    "latent_map.png",
+    "region_samples.npz",
     "regions",
     "report.json",
+    "report.html",
 )
 
 
