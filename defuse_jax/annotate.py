@@ -227,19 +227,23 @@ def oracle_annotator(
     assignments: np.ndarray,
     *,
     votes: np.ndarray,
+    audited_votes: np.ndarray | None = None,
     checkpoint: str = "",
 ) -> Annotation:
     """Label each region with the majority prediction of a reference classifier.
 
-    A region whose oracle label equals its members' majority predicted label is
-    "not_a_bug": the audited classifier already predicts the oracle's label, so the
-    perturbation changed the class and fine-tuning would teach nothing.
+    A region whose oracle label equals the audited classifier's majority prediction on
+    the same samples is "not_a_bug": the audited classifier already predicts what the
+    oracle sees, so the perturbation changed the class and fine-tuning would teach
+    nothing.
 
     Args:
         regions: The regions, R rows.
         flips: Unused.
         assignments: Unused.
         votes: [R, S] the oracle's predicted label for S decoded samples per region.
+        audited_votes: [R, S] the audited classifier's labels for the same samples.
+            Without them, the members' majority predicted label stands in.
         checkpoint: Path of the oracle's params, recorded in `details`.
     """
     del flips, assignments  # The oracle judges fresh samples, not the flips.
@@ -251,7 +255,19 @@ def oracle_annotator(
     # Ties go to the smaller label.
     oracle_label = np.array([int(np.argmax(np.bincount(row))) for row in votes])
     agreement = np.mean(votes == oracle_label[:, None], axis=1)
-    not_a_bug = oracle_label == np.asarray(regions.predicted_label)
+    if audited_votes is None:
+        audited_label = np.asarray(regions.predicted_label)
+    else:
+        audited_votes = np.asarray(audited_votes, np.int64)
+        if audited_votes.shape != votes.shape:
+            raise ValueError(
+                f"audited votes have shape {audited_votes.shape}; expected the oracle "
+                f"votes' shape {votes.shape}."
+            )
+        audited_label = np.array(
+            [int(np.argmax(np.bincount(row))) for row in audited_votes]
+        )
+    not_a_bug = oracle_label == audited_label
     return Annotation(
         label=np.where(not_a_bug, REJECTED, oracle_label).astype(np.int32),
         source="oracle",
@@ -259,6 +275,7 @@ def oracle_annotator(
         details={"oracle_checkpoint": checkpoint, "oracle_samples": votes.shape[1]},
         region_details={
             "oracle_label": oracle_label.astype(np.int32),
+            "audited_label": np.asarray(audited_label, np.int32),
             "oracle_agreement": np.round(agreement, 6),
         },
     )

@@ -139,9 +139,19 @@ def _mismatch_message(
         stored_features = tuple(stored[k][-1] for k in convs)
         stored_hidden = stored["['Dense_0']['kernel']"][-1]
         stored_classes = stored["['Dense_1']['kernel']"][-1]
-    except (KeyError, IndexError, TypeError):  # Not a CNN, or unreadable.
+    except (KeyError, IndexError, TypeError, AttributeError):  # Not a CNN.
         if stored:
-            message += f" The checkpoint contains params {sorted(stored)}."
+            names = sorted({key.split("]")[0] + "]" for key in stored})
+            return message + (
+                f" It is not a classifier checkpoint: its top-level params are "
+                f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}. Pass the "
+                "checkpoints/classifier folder of a defuse_jax workdir."
+            )
+        return message + (
+            " It has no readable orbax metadata, so it is not a params checkpoint. "
+            "Pass the checkpoints/classifier folder of a defuse_jax workdir, not its "
+            "parent folder."
+        )
     else:
         message += (
             f" The checkpoint contains a CNN with features {stored_features}, "
@@ -157,11 +167,15 @@ def oracle_votes(
     run: _Run,
     regions: regions_lib.Regions,
     generator_params: Any,
-) -> np.ndarray:
-    """Return the oracle's predictions [R, oracle_samples] on decoded region samples.
+    classifier_params: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the oracle's and the audited classifier's predictions on region samples.
 
-    The samples are drawn from N(mean, tau * covariance) with the "annotate" key, so
-    a rerun draws the same ones.
+    Both classify the same decoded samples, drawn from N(mean, tau * covariance) with
+    the "annotate" key, so a rerun draws the same ones.
+
+    Returns:
+        Oracle predictions [R, oracle_samples] and audited predictions of the same shape.
     """
     config = run.config
     apply_fn, params = load_oracle(
@@ -175,14 +189,17 @@ def oracle_votes(
         tau=config.regions.tau,
         num_samples=count,
     )
-    _, predicted = regions_lib.decode_and_classify(
+    images = regions_lib.decode_codes(
         run.generator,
         generator_params,
-        apply_fn,
-        params,
         np.asarray(codes).reshape(-1, regions.mean.shape[1]),
     )
-    return np.asarray(predicted).reshape(regions.size, count)
+    oracle = classifier.predict(apply_fn, params, images)
+    audited = classifier.predict(run.apply_fn, classifier_params, images)
+    return (
+        np.asarray(oracle).reshape(regions.size, count),
+        np.asarray(audited).reshape(regions.size, count),
+    )
 
 
 def _annotator_inputs(
@@ -190,6 +207,7 @@ def _annotator_inputs(
     regions: regions_lib.Regions,
     region_ids: np.ndarray,
     generator_params: Any,
+    classifier_params: Any,
     run_id: str,
 ) -> dict[str, Any]:
     """Return the keyword inputs of the built-in annotator that the config names."""
@@ -197,8 +215,12 @@ def _annotator_inputs(
     if config.annotator == "agreement":
         return {"max_disagreement": config.max_disagreement}
     if config.annotator == "oracle":
+        votes, audited_votes = oracle_votes(
+            run, regions, generator_params, classifier_params
+        )
         return {
-            "votes": oracle_votes(run, regions, generator_params),
+            "votes": votes,
+            "audited_votes": audited_votes,
             "checkpoint": os.path.abspath(config.oracle_checkpoint),
         }
     if config.annotator == "file":
@@ -222,6 +244,7 @@ def annotate_regions(
     mixture: dict[str, np.ndarray],
     generator_params: Any,
     run_id: str,
+    classifier_params: Any = None,
 ) -> annotate.Annotation:
     """Decide for each region with `config.annotate.annotator` whether to fix it.
 
@@ -237,6 +260,8 @@ def annotate_regions(
         mixture: The mixture stage's arrays ("assignments": each flip's component).
         generator_params: The VAE's params, to decode region samples for the oracle.
         run_id: Id of this run's regions; an annotation file must carry the same one.
+        classifier_params: The audited classifier's params; the oracle annotator
+            compares its predictions with the oracle's on the same samples.
 
     Raises:
         InputError: The annotation file does not match this run's regions, or the
@@ -244,7 +269,9 @@ def annotate_regions(
     """
     config = run.config.annotate
     annotator = annotate.get_annotator(config.annotator)
-    inputs = _annotator_inputs(run, regions, region_ids, generator_params, run_id)
+    inputs = _annotator_inputs(
+        run, regions, region_ids, generator_params, classifier_params, run_id
+    )
     annotation = annotator(regions, flips, mixture["assignments"], **inputs)
     if config.annotator != "file":
         annotation = annotate.reject_mixed(

@@ -51,13 +51,20 @@ def load_report(workdir: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(
             f"{path} not found; run `python -m experiments.run_defuse "
-            f"--workdir={workdir}` to the end first."
+            f"--workdir={workdir}` to the end first, with the --config and overrides "
+            "of its run (config.json in the workdir lists them)."
         ) from None
     except (OSError, ValueError) as error:
         raise InputError(
             f"Cannot read {path} ({error}); rerun `python -m experiments.run_defuse "
             f"--workdir={workdir}` with the same config to write it again."
         ) from error
+    if isinstance(content, dict) and "run_id" not in content and "search" in content:
+        # A current run that stopped before fitting regions (no or too few flips).
+        raise InputError(
+            f"{path} has no regions, so there is nothing to annotate; its notes say "
+            f"why: {' '.join(content.get('notes') or []) or 'none recorded'}"
+        )
     if not isinstance(content, dict) or "run_id" not in content:
         raise InputError(
             f"{path} has no run_id, so it was written by an older defuse_jax; rerun "

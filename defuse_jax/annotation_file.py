@@ -27,6 +27,7 @@ import re
 from typing import Any, NamedTuple
 
 import numpy as np
+from absl import logging
 
 from defuse_jax import annotate
 from defuse_jax.configuration import InputError
@@ -99,7 +100,15 @@ def _read_csv_rows(path: str) -> list[_Row]:
                     f"Annotation file {path} is empty; pass the manifest.csv that "
                     "`python -m experiments.annotate export` wrote, filled in."
                 )
-            header = [name.strip() for name in reader.fieldnames]
+            # Column names are matched without case, as spreadsheets may capitalise.
+            reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+            header = list(reader.fieldnames)
+            if len(header) == 1 and ";" in header[0]:
+                raise InputError(
+                    f"Annotation file {path}, line 1 (the header): the cells are "
+                    "separated by semicolons; save it as CSV with commas (in a "
+                    "spreadsheet: CSV UTF-8, comma-delimited)."
+                )
             _check_columns(path, "line 1 (the header)", header)
             rows = []
             for record in reader:
@@ -236,6 +245,16 @@ def _parse_entry(path: str, row: _Row, class_names: tuple[str, ...]) -> FileEntr
             f"{path}, {row.where}: decision 'fix' needs a label; write the class to "
             f"correct region {region_text} to in the label column, or choose "
             "not_a_bug or unsure."
+        )
+    if decision in ("not_a_bug", "unsure") and label >= 0:
+        logging.warning(
+            "%s, %s: region %s is %s, so its label %r is recorded but not used for "
+            "correction; write decision fix to correct it.",
+            path,
+            row.where,
+            region_text,
+            decision,
+            _cell(row.values["label"]),
         )
     return FileEntry(
         where=row.where,

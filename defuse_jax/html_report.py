@@ -286,6 +286,11 @@ class _Page:
                 f"{_escape(correction.get('region_test_size'))} held-out samples of the "
                 "corrected regions, labelled with their annotation.</p>"
             ),
+            (
+                f'<p class="note">{_escape(correction["baseline_note"])}</p>'
+                if correction.get("baseline_note")
+                else ""
+            ),
             "</div>",
         ]
         return "\n".join(parts)
@@ -386,7 +391,10 @@ class _Page:
             ),
             ("Weight", _number(record.get("weight"))),
             ("Member flips", _value(record.get("member_count"))),
-            ("Error rate of fresh samples", _percent(record.get("sample_error_rate"))),
+            (
+                "Error rate of fresh samples (against the source label)",
+                _percent(record.get("sample_error_rate")),
+            ),
             ("Novelty", _ratio_text(record.get("novelty"), "median_distance", 3)),
             ("Realism", _ratio_text(record.get("realism"), "median_error", 5)),
             ("Annotation", self.annotation_text(record)),
@@ -590,8 +598,8 @@ def _ratio_text(measure: Any, raw_key: str, digits: int) -> _Markup:
 
 def _search_again_text(entry: Mapping[str, Any]) -> str:
     text = (
-        f"{entry.get('status')}: error rate of fresh samples "
-        f"{_percent(entry.get('error_rate_before'))} before, "
+        f"{entry.get('status')}: error rate on the held-out samples (against the "
+        f"annotated label) {_percent(entry.get('error_rate_before'))} before, "
         f"{_percent(entry.get('error_rate_after'))} after correction"
     )
     if entry.get("matched_region") is not None:

@@ -120,6 +120,7 @@ def distill_correct_report(
             mixture_arrays,
             generator_params,
             outputs["run_id"],
+            classifier_params,
         )
         if hasattr(annotation, "summary"):
             outputs["annotation"] = annotation.summary()
@@ -154,6 +155,9 @@ def distill_correct_report(
                 classifier_params,
                 generator_params,
                 correct_fingerprint,
+                # The baseline trains on every flip with its source label, so the
+                # annotation never changes it.
+                fingerprint("baseline", search_fingerprint, config.correct),
             )
             result = outputs["correction"]
             summary["output"] = (
@@ -603,7 +607,9 @@ def _correct(
     classifier_params: Any,
     generator_params: Any,
     stage_fingerprint: str,
-) -> dict[str, Any]:
+    baseline_fingerprint: str,
+) -> tuple[dict[str, Any], Any]:
+    """Fine-tune with Defuse and with the baseline; return the figures and Defuse params."""
     config, dataset = run.config.correct, run.dataset
     region_images, region_labels, region_rows = _region_test_set(
         run, regions, annotation, generator_params
@@ -663,7 +669,7 @@ def _correct(
     baseline_params = workdir_lib.cached_params(
         run.workdir,
         "baseline",
-        stage_fingerprint,
+        baseline_fingerprint,
         classifier_params,
         fine_tune_baseline,
     )
@@ -671,6 +677,11 @@ def _correct(
         "lam": config.lam,
         "num_steps": config.num_steps,
         "region_test_size": len(region_labels),
+        "baseline_note": (
+            "The finetune-on-flips baseline trains on every flip with its own source "
+            "label and ignores the annotation. Every classifier is scored on the same "
+            "held-out samples of the corrected regions, labelled with their annotation."
+        ),
         "before": _evaluate(
             run,
             classifier_params,

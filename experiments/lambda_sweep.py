@@ -80,6 +80,19 @@ def parse_lams(values: list[str]) -> list[float]:
     return sorted(lams)
 
 
+def check_out(out: str) -> None:
+    """Raise InputError unless `out` is a folder or can become one."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(
+            f"--out={out!r} is a file; pass a folder for the sweep's outputs."
+        )
+    for relative in ("lambda_sweep.json", "lambda_sweep.png"):
+        if os.path.isdir(os.path.join(out, relative)):
+            raise InputError(
+                f"{os.path.join(out, relative)!r} is a folder; pass another --out."
+            )
+
+
 def seed_workdir(source: str, target: str) -> None:
     """Give `target` the finished stages of `source` as hard links (copies if needed)."""
     for relative in SHARED_OUTPUTS:
@@ -185,21 +198,18 @@ def save_sweep_plot(path: str, results: dict[str, Any]) -> None:
     }
     for (name, metric), (label, color, line) in styles.items():
         values = [entry[name][metric] for entry in results["lams"]]
-        axis.plot(lams, values, line, marker="o", color=color, label=label)
-    for metric, color in (
-        ("test_accuracy", "tab:blue"),
-        ("region_test_accuracy", "tab:red"),
+        axis.plot(lams, values, linestyle=line, marker="o", color=color, label=label)
+    for metric, color, label in (
+        ("test_accuracy", "tab:blue", "before correction: original test accuracy"),
+        ("region_test_accuracy", "tab:red", "before correction: region test accuracy"),
     ):
-        axis.axhline(results["before"][metric], color=color, linestyle=":", linewidth=1)
-    axis.text(
-        lams[-1],
-        results["before"]["region_test_accuracy"],
-        "before correction",
-        ha="right",
-        va="bottom",
-        fontsize=7,
-        color="tab:red",
-    )
+        axis.axhline(
+            results["before"][metric],
+            color=color,
+            linestyle=":",
+            linewidth=1,
+            label=label,
+        )
     axis.set_xlabel("lambda (weight of the region batch)")
     axis.set_ylabel("accuracy")
     axis.set_ylim(0.0, 1.02)
@@ -208,7 +218,8 @@ def save_sweep_plot(path: str, results: dict[str, Any]) -> None:
         fontsize=9,
     )
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, loc="lower left")
+    # Long legend handles, so dashed and dotted lines read as such.
+    axis.legend(fontsize=7, loc="lower left", handlelength=4)
     figure.tight_layout()
     report._save_figure(figure, path)
 
@@ -223,6 +234,7 @@ def main(argv: list[str]) -> None:
     with run_defuse.exit_on_known_errors():
         lams = parse_lams(_LAMS.value)
         out = _OUT.value or os.path.join(workdir, "lambda_sweep")
+        check_out(out)
         results = sweep(
             run_defuse._CONFIG.value,
             workdir,

@@ -192,6 +192,29 @@ def test_oracle_annotator_takes_majority_vote():
     assert annotation.details["oracle_checkpoint"] == "/ckpt"
 
 
+def test_oracle_compares_with_audited_votes():
+    # Region 0's members were mostly predicted 1, but on these samples the audited
+    # classifier says 2, as the oracle does: not a bug. Region 1's members were
+    # predicted 0, like the oracle, but the audited classifier now says 1: a bug.
+    regions = make_regions([0, 1], [1.0, 1.0], [1, 0])
+    votes = np.array([[2, 2, 2, 0], [0, 0, 0, 1]])
+    audited = np.array([[2, 2, 1, 2], [1, 1, 0, 1]])
+    annotation = annotate.oracle_annotator(
+        regions, NO_FLIPS, NO_ASSIGNMENTS, votes=votes, audited_votes=audited
+    )
+    assert annotation.decision.tolist() == ["not_a_bug", "fix"]
+    assert annotation.label.tolist() == [annotate.REJECTED, 0]
+    assert annotation.region_details["audited_label"].tolist() == [2, 1]
+    with pytest.raises(ValueError, match="audited votes have shape"):
+        annotate.oracle_annotator(
+            regions,
+            NO_FLIPS,
+            NO_ASSIGNMENTS,
+            votes=votes,
+            audited_votes=audited[:, :2],
+        )
+
+
 def test_oracle_annotator_rejects_wrong_vote_shape():
     regions = make_regions([0, 1], [1.0, 1.0], [1, 0])
     with pytest.raises(ValueError, match=r"shape \(3, 4\)"):
@@ -352,6 +375,20 @@ def test_missing_column_is_named(tmp_path):
     with pytest.raises(
         InputError, match="line 1 .*columns label, decision are missing"
     ):
+        read(path)
+
+
+def test_header_case_is_ignored(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("Run_ID,Region,Label,Decision\n" + f"{RUN_ID},0,1,Fix\n")
+    decisions = read(path)
+    assert decisions.label.tolist()[0] == 1
+
+
+def test_semicolon_file_is_named(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("run_id;region;label;decision\n" + f"{RUN_ID};0;1;fix\n")
+    with pytest.raises(InputError, match="separated by semicolons"):
         read(path)
 
 
@@ -666,12 +703,20 @@ def fake_run(config, workdir):
     def decode(params, codes):
         return jax.nn.sigmoid(codes @ params).reshape(-1, *IMAGE_SHAPE)
 
+    dataset = fake_dataset()
+
+    def predict_zero(params, images):
+        """The audited classifier: class 0 for every image."""
+        del params
+        return jnp.zeros((images.shape[0], dataset.num_classes)).at[:, 0].set(1.0)
+
     return types.SimpleNamespace(
         config=config,
-        dataset=fake_dataset(),
+        dataset=dataset,
         workdir=str(workdir),
         keys={"annotate": jax.random.key(3)},
         generator=Generator(encode=None, decode=decode),
+        apply_fn=predict_zero,
     ), weights
 
 
@@ -708,6 +753,7 @@ def test_oracle_stage_votes_on_decoded_samples(tmp_path):
     assert annotation.region_details["oracle_label"].tolist() == expected
     assert annotation.source == "oracle"
     assert annotation.region_ids.tolist() == [4, 5, 6]
+    # The audited classifier says 0 on every sample, so oracle label 0 is no bug.
     for row_index, label in enumerate(expected):
         decision = "not_a_bug" if label == 0 else "fix"
         assert annotation.decision[row_index] == decision

@@ -707,7 +707,9 @@ def main(argv: list[str]) -> int:
         print(_NO_CHROMIUM)
         return 2
     page = pathlib.Path(argv[1]) / "report.html"
-    screenshot = pathlib.Path(argv[2] if len(argv) == 3 else "report_screenshot.png")
+    # By default the screenshot goes to the temporary folder, never into the repo.
+    default = pathlib.Path(tempfile.gettempdir()) / "defuse_report_screenshot.png"
+    screenshot = pathlib.Path(argv[2]) if len(argv) == 3 else default
     with tempfile.TemporaryDirectory() as profile:
         (check,) = check_pages([(page, screenshot.resolve())], profile)
     problems = check.problems + _screenshot_problems(screenshot)
