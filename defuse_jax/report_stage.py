@@ -170,7 +170,7 @@ def write_report(
                         "grid": path,
                     }
                 )
-        _replace_folder(grids, os.path.join(run.workdir, "regions"))
+        workdir_lib.replace_folder(grids, os.path.join(run.workdir, "regions"))
         outputs["regions"] = region_records
         _draw_latent_map(run, outputs, training, flips, regions, region_ids)
         outputs["config"] = run.config.to_dict()
@@ -340,16 +340,3 @@ def _subsample(rng: np.random.Generator, count: int, limit: int) -> np.ndarray:
     if count <= limit:
         return np.arange(count)
     return np.sort(rng.choice(count, limit, replace=False))
-
-
-def _replace_folder(new: str, target: str) -> None:
-    """Move folder `new` to `target`, replacing what was there; delete `new` if empty."""
-    old = target + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(target):
-        os.rename(target, old)
-    if os.listdir(new):
-        os.rename(new, target)
-    else:
-        os.rmdir(new)
-    shutil.rmtree(old, ignore_errors=True)
