@@ -233,8 +233,8 @@ def oracle_annotator(
     """Label each region with the majority prediction of a reference classifier.
 
     A region whose oracle label equals the audited classifier's majority prediction on
-    the same samples is "not_a_bug": the audited classifier already predicts what the
-    oracle sees, so the perturbation changed the class and fine-tuning would teach
+    the same samples is "not_a_bug": the audited classifier already predicts the oracle's
+    label, so the perturbation changed the class and fine-tuning would teach
     nothing.
 
     Args:

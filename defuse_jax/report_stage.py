@@ -110,7 +110,7 @@ def write_report(
                 np.asarray(codes).reshape(-1, regions.mean.shape[1]),
             )
             # The samples drawn here, for `experiments/annotate.py export`; the run id
-            # stands in the fingerprint field, so an export names the regions it shows.
+            # is stored in the fingerprint field, so an export names the regions it shows.
             workdir_lib.save_arrays(
                 samples_path,
                 outputs["run_id"],

@@ -194,7 +194,7 @@ def test_oracle_annotator_takes_majority_vote():
 
 def test_oracle_compares_with_audited_votes():
     # Region 0's members were mostly predicted 1, but on these samples the audited
-    # classifier says 2, as the oracle does: not a bug. Region 1's members were
+    # classifier predicts 2, as the oracle does: not a bug. Region 1's members were
     # predicted 0, like the oracle, but the audited classifier now says 1: a bug.
     regions = make_regions([0, 1], [1.0, 1.0], [1, 0])
     votes = np.array([[2, 2, 2, 0], [0, 0, 0, 1]])
@@ -753,7 +753,7 @@ def test_oracle_stage_votes_on_decoded_samples(tmp_path):
     assert annotation.region_details["oracle_label"].tolist() == expected
     assert annotation.source == "oracle"
     assert annotation.region_ids.tolist() == [4, 5, 6]
-    # The audited classifier says 0 on every sample, so oracle label 0 is no bug.
+    # The audited classifier predicts 0 on every sample, so oracle label 0 is no bug.
     for row_index, label in enumerate(expected):
         decision = "not_a_bug" if label == 0 else "fix"
         assert annotation.decision[row_index] == decision

@@ -49,7 +49,7 @@ def test_bhattacharyya_refuses_other_latent_sizes():
         )
 
 
-def test_greedy_pairs_are_one_to_one_and_closest_first():
+def test_greedy_pairs_one_to_one():
     distance = np.array(
         [
             [0.1, 0.2, 5.0],
@@ -145,7 +145,7 @@ def _status(**overrides):
     return search_again.region_status(**arguments)
 
 
-def test_region_status_needs_no_match_and_a_low_error_rate():
+def test_region_status_closed_rule():
     records = {record["region"]: record for record in _status()}
     assert records[3]["status"] == search_again.CLOSED
     assert records[3]["matched_region"] is None
@@ -159,9 +159,9 @@ def test_region_status_needs_no_match_and_a_low_error_rate():
     assert records[9]["matched_region"] == 11
 
 
-def test_a_new_region_of_another_class_does_not_keep_a_region_open():
+def test_region_status_other_class_match():
     same_label = np.ones((4, 2), bool)
-    same_label[2, 0] = False  # New region 11 holds flips of another source class.
+    same_label[2, 0] = False  # New region 11 contains flips of another source class.
     records = {record["region"]: record for record in _status(same_label=same_label)}
     assert records[7]["status"] == search_again.CLOSED
     assert records[7]["matched_region"] is None
