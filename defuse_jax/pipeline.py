@@ -122,6 +122,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
             config.dataset.name,
             test_size=config.dataset.test_size,
             split_seed=config.dataset.split_seed,
+            train_size=config.dataset.get("train_size", 0),
+            data_dir=config.dataset.get("data_dir", ""),
         )
     except (ValueError, TypeError) as error:
         raise InputError(f"config.dataset: {error}") from error

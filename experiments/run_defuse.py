@@ -8,18 +8,17 @@ Run the same command again to resume a killed run. A workdir written with anothe
 config is rejected unless --allow_config_change is passed.
 """
 
-import contextlib
 import os
 import re
 import sys
-from collections.abc import Iterator
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from defuse_jax import pipeline
-from defuse_jax.configuration import InputError
+from defuse_jax.configuration import InputError  # noqa: F401 - re-exported
+from experiments.cli import exit_on_known_errors
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "mnist5k.py")
 
@@ -80,29 +79,6 @@ def main(argv: list[str]) -> None:
             _WORKDIR.value,
             allow_config_change=_ALLOW_CONFIG_CHANGE.value,
         )
-
-
-@contextlib.contextmanager
-def exit_on_known_errors() -> Iterator[None]:
-    """Turn bad input, divergence and out-of-memory errors into one `error:` line."""
-    try:
-        yield
-    except InputError as error:
-        # One line on stderr and exit status 1, before anything is written.
-        raise SystemExit(f"error: {error}") from None
-    except FloatingPointError as error:
-        # Training diverged; the message names the step and the checkpoint kept.
-        raise SystemExit(f"error: {error}") from None
-    except jax.errors.JaxRuntimeError as error:
-        if "RESOURCE_EXHAUSTED" not in str(error):
-            raise
-        first_line = str(error).splitlines()[0].rstrip(".")
-        raise SystemExit(
-            f"error: the accelerator or host ran out of memory ({first_line}). Lower "
-            "the batch sizes: classifier.batch_size, vae.batch_size, "
-            "identify.batch_size, correct.batch_size or correct.extra_batch_size. "
-            "Finished stages and saved progress are kept, so a rerun resumes."
-        ) from None
 
 
 if __name__ == "__main__":

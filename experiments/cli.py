@@ -1,0 +1,83 @@
+"""Command-line helpers shared by the experiment binaries, with no flags of their own."""
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+
+from defuse_jax.configuration import InputError
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+
+
+@contextlib.contextmanager
+def exit_on_known_errors() -> Iterator[None]:
+    """Turn bad input, divergence and out-of-memory errors into one `error:` line."""
+    try:
+        yield
+    except InputError as error:
+        # One line on stderr and exit status 1, before anything is written.
+        raise SystemExit(f"error: {error}") from None
+    except FloatingPointError as error:
+        # Training diverged; the message names the step and the checkpoint kept.
+        raise SystemExit(f"error: {error}") from None
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        first_line = str(error).splitlines()[0].rstrip(".")
+        raise SystemExit(
+            f"error: the accelerator or host ran out of memory ({first_line}). Lower "
+            "the batch sizes: classifier.batch_size, vae.batch_size, "
+            "identify.batch_size, correct.batch_size or correct.extra_batch_size. "
+            "Finished stages and saved progress are kept, so a rerun resumes."
+        ) from None
+
+
+def config_path(dataset: str) -> str:
+    """Return the config file of a --datasets entry, or raise InputError."""
+    path = (
+        dataset
+        if dataset.endswith(".py")
+        else os.path.join(CONFIG_DIR, f"{dataset}.py")
+    )
+    if not os.path.isfile(path):
+        known = sorted(
+            name.removesuffix(".py")
+            for name in os.listdir(CONFIG_DIR)
+            if name.endswith(".py") and not name.startswith("_")
+        )
+        raise InputError(
+            f"Config {dataset!r} not found: {path} does not exist; pass one of "
+            f"{', '.join(known)} or the path of a config file."
+        )
+    return path
+
+
+def load_config(path: str, variant: str) -> ml_collections.ConfigDict:
+    """Call get_config(variant) of the config file at `path`."""
+    spec = importlib.util.spec_from_file_location("defuse_table_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return module.get_config(variant)
+    except ValueError as error:
+        raise InputError(f"config {path}: {error}") from None
+
+
+def parse_seeds(values: list[str]) -> list[int]:
+    """Parse --seeds: distinct non-negative ints."""
+    try:
+        seeds = [int(value) for value in values]
+    except ValueError:
+        raise InputError(
+            f"--seeds={','.join(values)} contains a value that is not an int; pass "
+            "seeds such as --seeds=0,1,2."
+        ) from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise InputError(
+            f"--seeds={','.join(values)}: pass one or more distinct non-negative ints."
+        )
+    return seeds

@@ -1,0 +1,163 @@
+"""The experiment table of experiments/run_table.py: its figures, Markdown and checks."""
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from defuse_jax import report
+
+# Report figures per run, as (key, path in report.json).
+_FIGURES = (
+    ("classifier_test_accuracy", ("classifier_test_accuracy",)),
+    ("num_flips", ("search", "num_flips")),
+    ("searched_images", ("search", "searched_images")),
+    ("lam", ("correction", "lam")),
+    ("region_before", ("correction", "before", "region_test_accuracy")),
+    ("region_defuse", ("correction", "defuse", "region_test_accuracy")),
+    (
+        "region_baseline",
+        ("correction", "finetune_on_flips_baseline", "region_test_accuracy"),
+    ),
+    ("test_before", ("correction", "before", "test_accuracy")),
+    ("test_defuse", ("correction", "defuse", "test_accuracy")),
+    ("test_baseline", ("correction", "finetune_on_flips_baseline", "test_accuracy")),
+)
+
+# The claim checked per dataset: Defuse raises region test accuracy by at least this
+# many points, moves test accuracy by at most this many, and ends above the baseline.
+MIN_REGION_GAIN_POINTS = 30.0
+MAX_TEST_CHANGE_POINTS = 1.0
+
+
+def row_figures(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Return the table's figures of one run's report, NaN where it corrected nothing."""
+    row: dict[str, Any] = {}
+    for key, path in _FIGURES:
+        value: Any = outputs
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        row[key] = float("nan") if value is None else float(value)
+    row["flips_per_image"] = row["num_flips"] / max(row["searched_images"], 1.0)
+    row["regions"] = float(outputs.get("distill", {}).get("num_regions", 0))
+    row["regions_corrected"] = float(outputs.get("annotation", {}).get("accepted", 0))
+    return row
+
+
+def write_table(out: str, rows: list[dict[str, Any]]) -> None:
+    """Write table.json and table.md for the runs so far."""
+    os.makedirs(out, exist_ok=True)
+    report.write_json(os.path.join(out, "table.json"), {"runs": rows})
+    text = markdown_table(rows)
+    temporary = os.path.join(out, "table.md.tmp")
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(temporary, os.path.join(out, "table.md"))
+
+
+def _mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    values = [v * scale for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _change(rows: list[dict[str, Any]], before: str, after: str) -> str:
+    return (
+        f"{_mean_std([r[before] for r in rows], 100)} → "
+        f"{_mean_std([r[after] for r in rows], 100)}"
+    )
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Format the summary table, the per-run table and the claim checks as Markdown."""
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    header = (
+        "| dataset | seeds | classifier test acc. (%) | flips | flips per searched "
+        "image | regions (corrected) | region test acc., Defuse (%) | region test acc., "
+        "finetune on flips (%) | test acc., Defuse (%) | test acc., finetune on flips "
+        "(%) | lambda |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        (
+            "Mean ± sample standard deviation over seeds. Accuracies are percentages; "
+            "a → b is before → after correction."
+        ),
+        "",
+        header.rstrip("\n"),
+    ]
+    for name in datasets:
+        group = [row for row in rows if row["dataset"] == name]
+        lines.append(_table_line(name, group, str(len(group))))
+    lines += ["", "Per run:", "", header.rstrip("\n")]
+    for row in rows:
+        lines.append(_table_line(row["dataset"], [row], str(row["seed"])))
+    lines += ["", "Checks of the correction claim (points are percentage points):", ""]
+    for name in datasets:
+        lines.append(
+            f"- {name}: " + check_claim([r for r in rows if r["dataset"] == name])
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _table_line(name: str, group: list[dict[str, Any]], seeds: str) -> str:
+    lams = sorted({r["lam"] for r in group if not math.isnan(r["lam"])})
+    cells = [
+        name,
+        seeds,
+        _mean_std([r["classifier_test_accuracy"] for r in group], 100),
+        _mean_std([r["num_flips"] for r in group], digits=0),
+        _mean_std([r["flips_per_image"] for r in group], digits=3),
+        (
+            f"{_mean_std([r['regions'] for r in group])} "
+            f"({_mean_std([r['regions_corrected'] for r in group])})"
+        ),
+        _change(group, "region_before", "region_defuse"),
+        _change(group, "region_before", "region_baseline"),
+        _change(group, "test_before", "test_defuse"),
+        _change(group, "test_before", "test_baseline"),
+        ", ".join(f"{lam:g}" for lam in lams) or "n/a",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def check_claim(group: list[dict[str, Any]]) -> str:
+    """Say, from the means over seeds, whether each part of the claim holds."""
+
+    corrected = [r for r in group if not math.isnan(r["test_defuse"])]
+    if not corrected:
+        return "no run corrected a region, so there is nothing to check."
+    skipped = len(group) - len(corrected)
+    group = corrected
+
+    def mean(key: str) -> float:
+        return float(np.nanmean([r[key] for r in group])) * 100
+
+    region_gain = mean("region_defuse") - mean("region_before")
+    test_change = mean("test_defuse") - mean("test_before")
+    over_baseline = mean("test_defuse") - mean("test_baseline")
+    seeds_above = sum(r["test_defuse"] > r["test_baseline"] for r in group)
+    parts = [
+        (
+            f"region test accuracy {region_gain:+.1f} points "
+            f"({'holds' if region_gain >= MIN_REGION_GAIN_POINTS else 'fails'}: "
+            f"at least +{MIN_REGION_GAIN_POINTS:g})"
+        ),
+        (
+            f"test accuracy {test_change:+.1f} points "
+            f"({'holds' if abs(test_change) <= MAX_TEST_CHANGE_POINTS else 'fails'}: "
+            f"within {MAX_TEST_CHANGE_POINTS:g})"
+        ),
+        (
+            f"Defuse test accuracy minus the baseline's {over_baseline:+.1f} points "
+            f"({'holds' if over_baseline > 0 else 'fails'}: above 0; Defuse is above in "
+            f"{seeds_above} of {len(group)} seeds)"
+        ),
+    ]
+    if skipped:
+        parts.append(f"{skipped} more runs corrected nothing and are left out")
+    return "; ".join(parts) + "."

@@ -1,0 +1,160 @@
+"""Tests of the experiments.run_table binary and its table."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from binary import REPO_ROOT, binary_env, copy_workdir
+
+from defuse_jax.configuration import InputError
+from experiments import cli, table_lib
+
+
+def _row(dataset, seed, **figures):
+    row = {
+        "dataset": dataset,
+        "seed": seed,
+        "classifier_test_accuracy": 0.9,
+        "num_flips": 100.0,
+        "searched_images": 400.0,
+        "flips_per_image": 0.25,
+        "regions": 5.0,
+        "regions_corrected": 4.0,
+        "lam": 0.05,
+        "region_before": 0.4,
+        "region_defuse": 0.8,
+        "region_baseline": 0.5,
+        "test_before": 0.9,
+        "test_defuse": 0.905,
+        "test_baseline": 0.9,
+    }
+    row.update(figures)
+    return row
+
+
+def test_table_mean_and_sample_std():
+    rows = [
+        _row("a", 0, region_defuse=0.7, num_flips=90.0),
+        _row("a", 1, region_defuse=0.9, num_flips=110.0),
+        _row("b", 0),
+    ]
+    text = table_lib.markdown_table(rows)
+    # Sample std of 70 and 90 is 14.1; of 90 and 110 it is 14.
+    assert (
+        "| a | 2 | 90.0 ± 0.0 | 100 ± 14 | 0.250 ± 0.000 | 5.0 ± 0.0 (4.0 ± 0.0) |"
+        in text
+    )
+    assert "| 40.0 ± 0.0 → 80.0 ± 14.1 |" in text
+    assert (
+        "| b | 1 | 90.0 | 100 | 0.250 | 5.0 (4.0) | 40.0 → 80.0 | 40.0 → 50.0 |" in text
+    )
+    assert text.count("| a | 0 |") == 1
+    assert text.count("| a | 1 |") == 1
+
+
+def test_claim_check_failing_parts():
+    holds = table_lib.check_claim([_row("a", 0), _row("a", 1)])
+    assert holds.count("(holds") == 3
+    assert "Defuse is above in 2 of 2 seeds" in holds
+    fails = table_lib.check_claim(
+        [_row("a", 0, region_defuse=0.6, test_defuse=0.88, test_baseline=0.89)]
+    )
+    assert "region test accuracy +20.0 points (fails" in fails
+    assert "test accuracy -2.0 points (fails" in fails
+    assert "baseline's -1.0 points (fails" in fails
+
+
+def test_row_figures_without_correction():
+    report = {
+        "classifier_test_accuracy": 0.95,
+        "search": {"num_flips": 30, "searched_images": 120},
+        "distill": {"num_regions": 3},
+        "annotation": {"accepted": 0},
+    }
+    row = table_lib.row_figures(report)
+    assert row["flips_per_image"] == pytest.approx(0.25)
+    assert row["regions"] == 3
+    assert row["regions_corrected"] == 0
+    assert math.isnan(row["region_defuse"])
+    assert math.isnan(row["lam"])
+    text = table_lib.markdown_table([{"dataset": "x", "seed": 0, **row}])
+    assert "| x | 0 | 95.0 | 30 | 0.250 | 3.0 (0.0) | n/a → n/a |" in text
+    assert "- x: no run corrected a region" in text
+
+
+def test_bad_seeds_and_config_names():
+    with pytest.raises(InputError, match="not an int"):
+        cli.parse_seeds(["0", "one"])
+    with pytest.raises(InputError, match="distinct"):
+        cli.parse_seeds(["1", "1"])
+    with pytest.raises(InputError, match="mnist5k"):
+        cli.config_path("no_such_dataset")
+    with pytest.raises(InputError, match="Unknown config variant"):
+        cli.load_config(cli.config_path("digits"), "huge")
+
+
+def test_binary_reuses_finished_run(finished_run, tmp_path):
+    source, _ = finished_run
+    out = tmp_path / "table"
+    copy_workdir(source, out / "mnist5k" / "seed_0")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run_table",
+            f"--out={out}",
+            "--datasets=mnist5k",
+            "--seeds=0",
+            "--variant=test",
+        ],
+        cwd=REPO_ROOT,
+        env=binary_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "classifier: training" not in result.stderr
+    assert "vae: training" not in result.stderr
+
+    with open(os.path.join(source, "report.json"), encoding="utf-8") as file:
+        report = json.load(file)
+    with open(out / "table.json", encoding="utf-8") as file:
+        (row,) = json.load(file)["runs"]
+    correction = report["correction"]
+    assert row["classifier_test_accuracy"] == report["classifier_test_accuracy"]
+    assert row["num_flips"] == report["search"]["num_flips"]
+    assert row["test_defuse"] == correction["defuse"]["test_accuracy"]
+    assert (
+        row["region_baseline"]
+        == (correction["finetune_on_flips_baseline"]["region_test_accuracy"])
+    )
+    table = (out / "table.md").read_text("utf-8")
+    assert result.stdout == table
+    expected = f"| mnist5k | 0 | {100 * report['classifier_test_accuracy']:.1f} |"
+    assert expected in table
+
+
+def test_binary_unknown_dataset(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run_table",
+            f"--out={tmp_path}",
+            "--datasets=imagenet",
+        ],
+        cwd=REPO_ROOT,
+        env=binary_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: Config 'imagenet'")
+    assert not (tmp_path / "table.md").exists()
