@@ -76,7 +76,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Format the summary table, the per-run table and the claim checks as Markdown."""
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     header = (
-        "| dataset | seeds | classifier test acc. (%) | flips | flips per searched "
+        "| dataset | {seeds} | classifier test acc. (%) | flips | flips per searched "
         "image | regions (corrected) | region test acc., Defuse (%) | region test acc., "
         "finetune on flips (%) | test acc., Defuse (%) | test acc., finetune on flips "
         "(%) | lambda |\n"
@@ -88,12 +88,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             "a → b is before → after correction."
         ),
         "",
-        header.rstrip("\n"),
+        header.format(seeds="seeds").rstrip("\n"),
     ]
     for name in datasets:
         group = [row for row in rows if row["dataset"] == name]
         lines.append(_table_line(name, group, str(len(group))))
-    lines += ["", "Per run:", "", header.rstrip("\n")]
+    lines += ["", "Per run:", "", header.format(seeds="seed").rstrip("\n")]
     for row in rows:
         lines.append(_table_line(row["dataset"], [row], str(row["seed"])))
     lines += ["", "Checks of the correction claim (points are percentage points):", ""]
@@ -106,16 +106,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def _table_line(name: str, group: list[dict[str, Any]], seeds: str) -> str:
     lams = sorted({r["lam"] for r in group if not math.isnan(r["lam"])})
+    # A single run has whole region counts; a mean over seeds keeps one decimal.
+    count_digits = 0 if len(group) == 1 else 1
+    regions = _mean_std([r["regions"] for r in group], digits=count_digits)
+    corrected = _mean_std([r["regions_corrected"] for r in group], digits=count_digits)
     cells = [
         name,
         seeds,
         _mean_std([r["classifier_test_accuracy"] for r in group], 100),
         _mean_std([r["num_flips"] for r in group], digits=0),
         _mean_std([r["flips_per_image"] for r in group], digits=3),
-        (
-            f"{_mean_std([r['regions'] for r in group])} "
-            f"({_mean_std([r['regions_corrected'] for r in group])})"
-        ),
+        f"{regions} ({corrected})",
         _change(group, "region_before", "region_defuse"),
         _change(group, "region_before", "region_baseline"),
         _change(group, "test_before", "test_defuse"),

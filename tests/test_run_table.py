@@ -9,6 +9,7 @@ import sys
 import pytest
 from binary import REPO_ROOT, binary_env, copy_workdir
 
+from defuse_jax import configuration
 from defuse_jax.configuration import InputError
 from experiments import cli, table_lib
 
@@ -49,8 +50,10 @@ def test_table_mean_and_sample_std():
     )
     assert "| 40.0 ± 0.0 → 80.0 ± 14.1 |" in text
     assert (
-        "| b | 1 | 90.0 | 100 | 0.250 | 5.0 (4.0) | 40.0 → 80.0 | 40.0 → 50.0 |" in text
+        "| b | 1 | 90.0 | 100 | 0.250 | 5 (4) | 40.0 → 80.0 | 40.0 → 50.0 |" in text
     )
+    assert text.count("| dataset | seeds |") == 1
+    assert text.count("| dataset | seed |") == 1
     assert text.count("| a | 0 |") == 1
     assert text.count("| a | 1 |") == 1
 
@@ -81,7 +84,7 @@ def test_row_figures_without_correction():
     assert math.isnan(row["region_defuse"])
     assert math.isnan(row["lam"])
     text = table_lib.markdown_table([{"dataset": "x", "seed": 0, **row}])
-    assert "| x | 0 | 95.0 | 30 | 0.250 | 3.0 (0.0) | n/a → n/a |" in text
+    assert "| x | 0 | 95.0 | 30 | 0.250 | 3 (0) | n/a → n/a |" in text
     assert "- x: no run corrected a region" in text
 
 
@@ -158,3 +161,11 @@ def test_binary_unknown_dataset(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: Config 'imagenet'")
     assert not (tmp_path / "table.md").exists()
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "digits", "fashion_mnist"])
+@pytest.mark.parametrize("variant", ["", "test"])
+def test_dataset_configs_validate(name, variant):
+    config = cli.load_config(cli.config_path(name), variant)
+    configuration.validate_config(config)
+    assert config.dataset.name == name
