@@ -147,17 +147,7 @@ def write_report(
                 )
                 region_records.append(
                     {
-                        "region": region_id,
-                        "row": r,
-                        "component": int(regions.component[r]),
-                        "weight": float(regions.weight[r]),
-                        "member_count": int(regions.member_count[r]),
-                        "source_label": int(target),
-                        "source_purity": float(regions.source_purity[r]),
-                        "predicted_label": int(regions.predicted_label[r]),
-                        "predicted_purity": float(regions.predicted_purity[r]),
-                        "sample_error_rate": float(regions.sample_error_rate[r]),
-                        **_annotation_fields(annotation, r),
+                        **region_record(regions, r, region_id, annotation),
                         "novelty": quality.region_novelty(
                             codes[r],
                             training.misclassified_codes,
@@ -174,15 +164,7 @@ def write_report(
         outputs["regions"] = region_records
         _draw_latent_map(run, outputs, training, flips, regions, region_ids)
         outputs["config"] = run.config.to_dict()
-        outputs["seed"] = run.config.seed
-        outputs["dataset"] = {
-            "name": run.dataset.name,
-            "num_train": len(run.dataset.train_images),
-            "num_test": len(run.dataset.test_images),
-            "num_classes": run.dataset.num_classes,
-            "class_names": list(names),
-            "image_shape": list(run.dataset.image_shape),
-        }
+        outputs.update(run_fields(run))
         summary["output"] = f"{len(region_records)} region grids"
     progress = os.path.join(run.workdir, "progress")
     if os.path.isdir(progress) and not os.listdir(progress):
@@ -269,6 +251,43 @@ def _quality_summary(
         "test_images": len(test_images),
         "test_reconstruction_error_median": test_median,
         "notes": notes,
+    }
+
+
+def region_record(
+    regions: regions_lib.Regions,
+    row: int,
+    region_id: int,
+    annotation: annotate.Annotation | None,
+) -> dict[str, Any]:
+    """Return the figures of one region that need no drawing, for report.json."""
+    return {
+        "region": int(region_id),
+        "row": row,
+        "component": int(regions.component[row]),
+        "weight": float(regions.weight[row]),
+        "member_count": int(regions.member_count[row]),
+        "source_label": int(regions.source_label[row]),
+        "source_purity": float(regions.source_purity[row]),
+        "predicted_label": int(regions.predicted_label[row]),
+        "predicted_purity": float(regions.predicted_purity[row]),
+        "sample_error_rate": float(regions.sample_error_rate[row]),
+        **_annotation_fields(annotation, row),
+    }
+
+
+def run_fields(run: _Run) -> dict[str, Any]:
+    """Return the seed and the dataset description that report.json records."""
+    return {
+        "seed": run.config.seed,
+        "dataset": {
+            "name": run.dataset.name,
+            "num_train": len(run.dataset.train_images),
+            "num_test": len(run.dataset.test_images),
+            "num_classes": run.dataset.num_classes,
+            "class_names": list(run.dataset.class_names),
+            "image_shape": list(run.dataset.image_shape),
+        },
     }
 
 

@@ -1,4 +1,4 @@
-"""Export a finished run's regions for a person to label, and check the filled file.
+r"""Export a finished run's regions for a person to label, and check the filled file.
 
     python -m experiments.annotate export --workdir=/tmp/defuse_mnist
     python -m experiments.annotate check --workdir=/tmp/defuse_mnist \

@@ -1,4 +1,4 @@
-"""Kill a run at a log line, resume it, and compare it with an uninterrupted run.
+r"""Kill a run at a log line, resume it, and compare it with an uninterrupted run.
 
     python -m experiments.check_resume --reference=/tmp/defuse_mnist \
         --workdir=/tmp/defuse_killed --marker="vae: saved a checkpoint at step 500/"

@@ -3,6 +3,7 @@
 import contextlib
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 
 import jax
@@ -15,9 +16,17 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 
 @contextlib.contextmanager
 def exit_on_known_errors() -> Iterator[None]:
-    """Turn bad input, divergence and out-of-memory errors into one `error:` line."""
+    """Turn bad input, divergence, out-of-memory errors and Ctrl-C into one line."""
     try:
         yield
+    except KeyboardInterrupt:
+        # Stages save their outputs and progress as they go, so a rerun resumes.
+        print(
+            "interrupted: finished stages and saved progress are kept; rerun the same "
+            "command to resume.",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     except InputError as error:
         # One line on stderr and exit status 1, before anything is written.
         raise SystemExit(f"error: {error}") from None
@@ -34,6 +43,17 @@ def exit_on_known_errors() -> Iterator[None]:
             "identify.batch_size, correct.batch_size or correct.extra_batch_size. "
             "Finished stages and saved progress are kept, so a rerun resumes."
         ) from None
+
+
+def split_variant(entry: str, variant: str) -> tuple[str, str]:
+    """Split a config entry of the form NAME:VARIANT; its suffix overrides `variant`.
+
+    Returns (NAME, VARIANT), or (entry, variant) when the entry has no suffix.
+    """
+    name, separator, suffix = entry.rpartition(":")
+    if separator and name:
+        return name, suffix
+    return entry, variant
 
 
 def config_path(dataset: str) -> str:

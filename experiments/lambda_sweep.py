@@ -1,4 +1,4 @@
-"""Correct one audited classifier with several lambdas and plot the trade-off.
+r"""Correct one audited classifier with several lambdas and plot the trade-off.
 
     python -m experiments.lambda_sweep --workdir=/tmp/defuse_mnist \
         --lams=0,0.05,0.1,0.2,0.4,0.7,1

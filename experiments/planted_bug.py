@@ -22,12 +22,21 @@ from absl import app, flags, logging
 
 from defuse_jax import report
 from defuse_jax.configuration import InputError
-from experiments.cli import config_path, exit_on_known_errors, load_config, parse_seeds
+from experiments.cli import (
+    config_path,
+    exit_on_known_errors,
+    load_config,
+    parse_seeds,
+    split_variant,
+)
 from experiments.planted_lib import evaluate_seed, markdown
 
 _OUT = flags.DEFINE_string("out", None, "Output folder for the workdirs and results.")
 _CONFIG = flags.DEFINE_string(
-    "config", "mnist5k", "Config name in experiments/configs, or a config file path."
+    "config",
+    "mnist5k",
+    "Config name in experiments/configs, or a config file path; NAME:VARIANT picks a "
+    "variant, such as mnist5k:test.",
 )
 _VARIANT = flags.DEFINE_string("variant", "", "Config variant, such as 'test'.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; one run per seed.")
@@ -50,6 +59,12 @@ _MIN_MEMBERS = flags.DEFINE_integer(
 _DRAW_REPORT = flags.DEFINE_bool(
     "draw_report", True, "Draw each run's region grids and report.html."
 )
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Reuse workdirs under --out that hold runs of other settings, recomputing the "
+    "stages that depend on what changed.",
+)
 flags.mark_flags_as_required(["out"])
 
 
@@ -71,7 +86,19 @@ def main(argv: list[str]) -> None:
     }
     with exit_on_known_errors():
         seeds = parse_seeds(_SEEDS.value)
-        config = load_config(config_path(_CONFIG.value), _VARIANT.value)
+        # Checked before the dataset loads, with the flag names.
+        if not 0.0 <= _FRACTION.value <= 1.0:
+            raise InputError(
+                f"--fraction={_FRACTION.value} is outside [0, 1]; pass the share of the "
+                "sub-style to relabel, such as --fraction=0.5 (0 for a control run)."
+            )
+        if not 0.0 < _QUANTILE.value < 1.0:
+            raise InputError(
+                f"--quantile={_QUANTILE.value} is outside (0, 1); pass the ink quantile "
+                "that bounds the sub-style, such as --quantile=0.4."
+            )
+        name, variant = split_variant(_CONFIG.value, _VARIANT.value)
+        config = load_config(config_path(name), variant)
         if os.path.exists(out) and not os.path.isdir(out):
             raise InputError(f"--out={out!r} is a file; pass a folder instead.")
         results = []
@@ -88,6 +115,7 @@ def main(argv: list[str]) -> None:
                     min_precision=_MIN_PRECISION.value,
                     min_members=_MIN_MEMBERS.value,
                     draw_report=_DRAW_REPORT.value,
+                    allow_config_change=_ALLOW_CONFIG_CHANGE.value,
                 )
             )
             # Written after every seed, so a kill keeps the seeds already done.

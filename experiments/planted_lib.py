@@ -47,6 +47,7 @@ def evaluate_seed(
     min_precision: float,
     min_members: int,
     draw_report: bool,
+    allow_config_change: bool = False,
 ) -> dict[str, Any]:
     """Plant the bug, run the pipeline and score its regions for one seed."""
     run_config = config.copy_and_resolve_references()
@@ -76,12 +77,14 @@ def evaluate_seed(
     )
     workdir = os.path.join(out, f"seed_{seed}")
     outputs = pipeline.run(
-        run_config, workdir, dataset=bug.dataset, draw_report=draw_report
+        run_config,
+        workdir,
+        dataset=bug.dataset,
+        draw_report=draw_report,
+        allow_config_change=allow_config_change,
     )
 
     flips = np.load(os.path.join(workdir, "flips.npz"))
-    mixture = np.load(os.path.join(workdir, "mixture.npz"))
-    regions = np.load(os.path.join(workdir, "regions.npz"))
     if run_config.identify.split == "train":
         source_style = bug.style
     else:
@@ -92,9 +95,14 @@ def evaluate_seed(
             threshold=bug.threshold,
         )
     flip_is_style = source_style[flips["source_index"]]
-    scores = planted.score_regions(
-        flip_is_style, mixture["assignments"], regions["component"]
-    )
+    # With fewer than 2 flips the pipeline fits no mixture and writes no regions.
+    scores = []
+    if "run_id" in outputs:
+        mixture = np.load(os.path.join(workdir, "mixture.npz"))
+        regions = np.load(os.path.join(workdir, "regions.npz"))
+        scores = planted.score_regions(
+            flip_is_style, mixture["assignments"], regions["component"]
+        )
     by_row = {entry["row"]: entry for entry in outputs.get("regions", [])}
     for entry in scores:
         region = by_row.get(entry["row"], {})
@@ -193,7 +201,11 @@ def markdown(results: list[dict[str, Any]], settings: dict[str, Any]) -> str:
                     f"{style_accuracy} (n={held['style_images']})",
                     percent(held.get("classifier", {}).get("other_accuracy")),
                     f"{result['style_flips']} / {result['num_flips']}",
-                    f"{best.get('region', 'none')} ({best.get('confusion', '')})",
+                    (
+                        f"{best['region']} ({best['confusion']})"
+                        if best
+                        else "none"
+                    ),
                     str(best.get("members", 0)),
                     percent(best.get("precision")),
                     percent(best.get("recall")),

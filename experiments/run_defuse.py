@@ -1,4 +1,4 @@
-"""Run Defuse end to end: train, identify, distil, correct, and write the report.
+r"""Run Defuse end to end: train, identify, distil, correct, and write the report.
 
     python -m experiments.run_defuse --workdir=/tmp/defuse_mnist
     python -m experiments.run_defuse --workdir=/tmp/defuse_test \

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 
 from defuse_jax import report
+from defuse_jax.configuration import InputError
+from experiments.cli import config_path, load_config, split_variant
 
 # Report figures per run, as (key, path in report.json).
 _FIGURES = (
@@ -43,6 +45,29 @@ def row_figures(outputs: dict[str, Any]) -> dict[str, Any]:
     row["regions"] = float(outputs.get("distill", {}).get("num_regions", 0))
     row["regions_corrected"] = float(outputs.get("annotation", {}).get("accepted", 0))
     return row
+
+
+def load_configs(datasets: list[str], variant: str) -> dict[str, Any]:
+    """Load each --datasets entry's config, keyed by the name of its workdir folder."""
+    if not datasets:
+        raise InputError(
+            "--datasets is empty; pass one or more config names, such as "
+            "--datasets=mnist5k,fashion_mnist."
+        )
+    configs: dict[str, Any] = {}
+    entries: dict[str, str] = {}
+    for entry in datasets:
+        name, entry_variant = split_variant(entry, variant)
+        folder = os.path.basename(name).removesuffix(".py")
+        if folder in entries:
+            raise InputError(
+                f"--datasets entries {entries[folder]!r} and {entry!r} would share the "
+                f"workdirs OUT/{folder}/seed_S; pass each config once, and give config "
+                "files distinct names."
+            )
+        entries[folder] = entry
+        configs[folder] = load_config(config_path(name), entry_variant)
+    return configs
 
 
 def write_table(out: str, rows: list[dict[str, Any]]) -> None:

@@ -1,4 +1,4 @@
-"""Write a dataset that defuse_jax can load as a TFDS dataset in array_record format.
+r"""Write a dataset that defuse_jax can load as a TFDS dataset in array_record format.
 
     python -m experiments.write_tfds --dataset=digits --name=my_digits \
         --data_dir=/tmp/tfds

@@ -54,6 +54,16 @@ def test_sweep_corrects_each_lambda_from_the_same_run(finished_run, tmp_path):
         assert lam_report["correction"]["lam"] == entry["lam"]
         # Every lambda starts from the base run's classifier and regions.
         assert lam_report["correction"]["before"] == base["correction"]["before"]
+        # A sweep draws no report, but report.json keeps the figures that need no
+        # drawing: per-region statistics, the seed, the dataset and package versions.
+        for key in ("seed", "dataset", "package_versions"):
+            assert lam_report[key] == base[key], key
+        assert [r["region"] for r in lam_report["regions"]] == [
+            r["region"] for r in base["regions"]
+        ]
+        for drawn, plain in zip(base["regions"], lam_report["regions"]):
+            for key in ("member_count", "weight", "source_label", "annotated_label"):
+                assert plain[key] == drawn[key], key
         for name in ("defuse", "finetune_on_flips_baseline"):
             for metric in ("test_accuracy", "region_test_accuracy"):
                 assert entry[name][metric] == lam_report["correction"][name][metric]

@@ -139,7 +139,7 @@ def test_markdown_best_region_and_count():
     )
     assert "| 80.0 | 60.0 | yes |" in text
     assert (
-        "| 1 | 95.0 | n/a → n/a → n/a (n=40) | n/a | 120 / 1500 | none () | 0 |" in text
+        "| 1 | 95.0 | n/a → n/a → n/a (n=40) | n/a | 120 / 1500 | none | 0 |" in text
     )
     assert text.rstrip().endswith("Found in 1 of 2 seeds.")
 
@@ -159,3 +159,40 @@ def test_restored_classifier_test_accuracy(finished_run):
         report = json.load(file)
     assert accuracy == pytest.approx(report["classifier_test_accuracy"])
     assert planted_lib.restore_classifier(workdir, "missing", config, dataset) is None
+
+
+def test_seed_without_flips_scores_no_region(tmp_path):
+    # A tiny noise scale decodes every perturbation to nearly the reconstruction of its
+    # source image. The search skips misclassified reconstructions, so nothing flips.
+    config = load_config(config_path("digits"), "test")
+    with config.unlocked():
+        config.identify.noise_scale = 1e-6
+
+    result = planted_lib.evaluate_seed(
+        config,
+        0,
+        str(tmp_path),
+        quantile=0.4,
+        fraction=0.5,
+        source_class=7,
+        target_class=1,
+        min_precision=0.5,
+        min_members=20,
+        draw_report=False,
+    )
+
+    assert result["num_flips"] == 0
+    assert result["regions"] == []
+    assert result["best_region"] is None
+    assert result["found"] is False
+
+    settings = {
+        "fraction": 0.5,
+        "source_class": 7,
+        "quantile": 0.4,
+        "target_class": 1,
+        "min_precision": 0.5,
+        "min_members": 20,
+    }
+    text = planted_lib.markdown([result], settings)
+    assert "| 0 / 0 | none | 0 | n/a | n/a | no |" in text

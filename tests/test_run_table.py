@@ -99,6 +99,35 @@ def test_bad_seeds_and_config_names():
         cli.load_config(cli.config_path("digits"), "huge")
 
 
+def test_config_variant_suffix():
+    assert cli.split_variant("mnist5k:test", "") == ("mnist5k", "test")
+    path = "experiments/configs/mnist5k.py"
+    assert cli.split_variant(f"{path}:test", "") == (path, "test")
+    assert cli.split_variant("mnist5k", "test") == ("mnist5k", "test")
+    assert cli.split_variant("mnist5k:", "test") == ("mnist5k", "")
+
+
+def test_interrupt_exits_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        with cli.exit_on_known_errors():
+            raise KeyboardInterrupt
+    assert exit_info.value.code == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_load_configs_names_and_clashes():
+    with pytest.raises(InputError, match="--datasets is empty"):
+        table_lib.load_configs([], "")
+    with pytest.raises(InputError, match="would share the workdirs OUT/mnist5k"):
+        table_lib.load_configs(["mnist5k", "experiments/configs/mnist5k.py:test"], "")
+    configs = table_lib.load_configs(["mnist5k:test", "digits"], "")
+    assert list(configs) == ["mnist5k", "digits"]
+    test_variant = cli.load_config(cli.config_path("mnist5k"), "test")
+    assert configs["mnist5k"].to_dict() == test_variant.to_dict()
+    full = cli.load_config(cli.config_path("digits"), "")
+    assert configs["digits"].to_dict() == full.to_dict()
+
+
 def test_binary_reuses_finished_run(finished_run, tmp_path):
     source, _ = finished_run
     out = tmp_path / "table"
