@@ -42,7 +42,7 @@ ALLOWED_NAME_FORMS = (
     '"npz:FILE"',
     '"tfds:NAME"',
 )
-# Where Debian's dataset-fashion-mnist package puts the Fashion-MNIST IDX files.
+# Folder of the Fashion-MNIST IDX files that Debian's dataset-fashion-mnist installs.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")

@@ -1,7 +1,7 @@
 """A planted bug: mislabel one known sub-style of a class, then score Defuse's regions.
 
 On real data the bugs of a classifier are unknown, so whether Defuse found them
-cannot be checked. A planted bug makes the answer known. `plant_bug` picks the
+cannot be checked. A planted bug is a known one to look for. `plant_bug` picks the
 light images of one class, those whose mean pixel intensity ("ink") is in the
 lowest `quantile` of that class's train images (for MNIST 7s: thin, short or faint
 7s), and relabels a random `fraction` of them as another class. A classifier

@@ -38,6 +38,9 @@ def write_report(
 ) -> dict[str, Any]:
     """Draw the report's images, write report.json and report.html; return the report.
 
+    A run with `draw_report` False writes report.json only, without what is measured
+    on the drawn samples.
+
     Besides the grids and plots, it measures each region's novelty and realism (see
     `defuse_jax.quality`) and draws a PCA map of the latent space.
 
@@ -46,6 +49,8 @@ def write_report(
     """
     if regions is not None and region_ids is None:
         region_ids = np.arange(regions.size, dtype=np.int32)
+    if not run.draw_report:
+        return _write_figures_only(run, outputs, regions, annotation, region_ids)
     with run.stage("report") as summary:
         names = run.dataset.class_names
         config = run.config.report
@@ -252,6 +257,36 @@ def _quality_summary(
         "test_reconstruction_error_median": test_median,
         "notes": notes,
     }
+
+
+def _write_figures_only(
+    run: _Run,
+    outputs: dict[str, Any],
+    regions: regions_lib.Regions | None,
+    annotation: annotate.Annotation | None,
+    region_ids: np.ndarray | None,
+) -> dict[str, Any]:
+    """Write report.json with every figure that needs no drawing; return the report."""
+    workdir_lib.remove_stale(
+        run.workdir,
+        [
+            name
+            for name in workdir_lib.REPORT_OUTPUTS
+            if name not in ("report.json", "region_samples.npz")
+        ],
+        "this run draws no report",
+    )
+    if regions is not None:
+        outputs["regions"] = [
+            region_record(regions, row, int(region_ids[row]), annotation)
+            for row in range(regions.size)
+        ]
+    outputs["config"] = run.config.to_dict()
+    outputs.update(run_fields(run))
+    outputs["stage_seconds"] = dict(run.durations)
+    outputs["package_versions"] = workdir_lib.package_versions()
+    report.write_json(os.path.join(run.workdir, "report.json"), outputs)
+    return outputs
 
 
 def region_record(

@@ -73,7 +73,7 @@ def distill_correct_report(
             "identify.num_perturbations to search further."
         )
         _skip_correction(run, outputs, message, ["mixture.npz", "regions.npz"])
-        return _report(
+        return report_stage.write_report(
             run, outputs, flips, None, None, generator_params, classifier_params
         )
 
@@ -99,7 +99,7 @@ def distill_correct_report(
             f"and distill.min_region_size={config.distill.min_region_size}; no correction."
         )
         _skip_correction(run, outputs, message)
-        return _report(
+        return report_stage.write_report(
             run,
             outputs,
             flips,
@@ -184,7 +184,7 @@ def distill_correct_report(
     else:
         message = "The annotator marked no region as fix, so nothing is corrected."
         _skip_correction(run, outputs, message)
-    return _report(
+    return report_stage.write_report(
         run,
         outputs,
         flips,
@@ -195,56 +195,6 @@ def distill_correct_report(
         annotation,
         region_ids=region_ids,
     )
-
-
-def _report(
-    run: _Run,
-    outputs: dict[str, Any],
-    flips: Flips,
-    mixture: dict[str, np.ndarray] | None,
-    regions: regions_lib.Regions | None,
-    generator_params: Any,
-    classifier_params: Any,
-    annotation: annotate.Annotation | None = None,
-    *,
-    region_ids: np.ndarray | None = None,
-) -> dict:
-    """Write the report, or only report.json when the run draws no report."""
-    if run.draw_report:
-        return report_stage.write_report(
-            run,
-            outputs,
-            flips,
-            mixture,
-            regions,
-            generator_params,
-            classifier_params,
-            annotation,
-            region_ids=region_ids,
-        )
-    workdir_lib.remove_stale(
-        run.workdir,
-        [
-            name
-            for name in workdir_lib.REPORT_OUTPUTS
-            if name not in ("report.json", "region_samples.npz")
-        ],
-        "this run draws no report",
-    )
-    # The same figures as a drawn report, less the images and what is measured on them.
-    if regions is not None:
-        if region_ids is None:
-            region_ids = np.arange(regions.size, dtype=np.int32)
-        outputs["regions"] = [
-            report_stage.region_record(regions, row, int(region_ids[row]), annotation)
-            for row in range(regions.size)
-        ]
-    outputs["config"] = run.config.to_dict()
-    outputs.update(report_stage.run_fields(run))
-    outputs["stage_seconds"] = dict(run.durations)
-    outputs["package_versions"] = workdir_lib.package_versions()
-    report.write_json(os.path.join(run.workdir, "report.json"), outputs)
-    return outputs
 
 
 def _distill_and_regions(

@@ -8,10 +8,26 @@ from collections.abc import Iterator
 
 import jax
 import ml_collections
+from absl import app, logging
 
 from defuse_jax.configuration import InputError
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+
+
+def start_binary(argv: list[str]) -> None:
+    """Reject positional arguments, then log the JAX backend and its devices."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.info(
+        "JAX backend %s with devices %s.", jax.default_backend(), jax.devices()
+    )
+
+
+def check_out_folder(out: str) -> None:
+    """Raise InputError when --out names an existing file."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out={out!r} is a file; pass a folder instead.")
 
 
 @contextlib.contextmanager

@@ -19,12 +19,12 @@ import os
 import shutil
 from typing import Any
 
-import jax
 from absl import app, flags, logging
 
 from defuse_jax import pipeline, report
 from defuse_jax.configuration import InputError
 from experiments import run_defuse
+from experiments.cli import start_binary
 
 _LAMS = flags.DEFINE_list(
     "lams",
@@ -225,11 +225,7 @@ def save_sweep_plot(path: str, results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.info(
-        "JAX backend %s with devices %s.", jax.default_backend(), jax.devices()
-    )
+    start_binary(argv)
     workdir = run_defuse._WORKDIR.value
     with run_defuse.exit_on_known_errors():
         lams = parse_lams(_LAMS.value)

@@ -17,17 +17,18 @@ correction. Writes OUT/planted_bug.json and OUT/planted_bug.md after every seed.
 
 import os
 
-import jax
-from absl import app, flags, logging
+from absl import app, flags
 
 from defuse_jax import report
 from defuse_jax.configuration import InputError
 from experiments.cli import (
+    check_out_folder,
     config_path,
     exit_on_known_errors,
     load_config,
     parse_seeds,
     split_variant,
+    start_binary,
 )
 from experiments.planted_lib import evaluate_seed, markdown
 
@@ -69,11 +70,7 @@ flags.mark_flags_as_required(["out"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.info(
-        "JAX backend %s with devices %s.", jax.default_backend(), jax.devices()
-    )
+    start_binary(argv)
     out = _OUT.value
     settings = {
         "config": _CONFIG.value,
@@ -99,8 +96,7 @@ def main(argv: list[str]) -> None:
             )
         name, variant = split_variant(_CONFIG.value, _VARIANT.value)
         config = load_config(config_path(name), variant)
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise InputError(f"--out={out!r} is a file; pass a folder instead.")
+        check_out_folder(out)
         results = []
         for seed in seeds:
             results.append(

@@ -186,10 +186,10 @@ def markdown(results: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}"
 
     for result in results:
-        held = result["held_out_style"]
+        held_out = result["held_out_style"]
         best = result["best_region"] or {}
         style_accuracy = " → ".join(
-            percent(held.get(name, {}).get("style_accuracy"))
+            percent(held_out.get(name, {}).get("style_accuracy"))
             for name in ("classifier", "corrected", "baseline")
         )
         lines.append(
@@ -198,8 +198,8 @@ def markdown(results: list[dict[str, Any]], settings: dict[str, Any]) -> str:
                 [
                     str(result["seed"]),
                     percent(result["classifier_test_accuracy"]),
-                    f"{style_accuracy} (n={held['style_images']})",
-                    percent(held.get("classifier", {}).get("other_accuracy")),
+                    f"{style_accuracy} (n={held_out['style_images']})",
+                    percent(held_out.get("classifier", {}).get("other_accuracy")),
                     f"{result['style_flips']} / {result['num_flips']}",
                     (
                         f"{best['region']} ({best['confusion']})"

@@ -12,13 +12,12 @@ import os
 import re
 import sys
 
-import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from defuse_jax import pipeline
 from defuse_jax.configuration import InputError  # noqa: F401 - re-exported
-from experiments.cli import exit_on_known_errors
+from experiments.cli import exit_on_known_errors, start_binary
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "mnist5k.py")
 
@@ -68,11 +67,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.info(
-        "JAX backend %s with devices %s.", jax.default_backend(), jax.devices()
-    )
+    start_binary(argv)
     with exit_on_known_errors():
         pipeline.run(
             _CONFIG.value,

@@ -19,12 +19,15 @@ Writes to --out, after every run:
 import os
 from typing import Any
 
-import jax
 from absl import app, flags, logging
 
 from defuse_jax import pipeline
-from defuse_jax.configuration import InputError
-from experiments.cli import exit_on_known_errors, parse_seeds
+from experiments.cli import (
+    check_out_folder,
+    exit_on_known_errors,
+    parse_seeds,
+    start_binary,
+)
 from experiments.table_lib import (
     load_configs,
     markdown_table,
@@ -104,16 +107,11 @@ def run_all(
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.info(
-        "JAX backend %s with devices %s.", jax.default_backend(), jax.devices()
-    )
+    start_binary(argv)
     with exit_on_known_errors():
         seeds = parse_seeds(_SEEDS.value)
         out = _OUT.value
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise InputError(f"--out={out!r} is a file; pass a folder instead.")
+        check_out_folder(out)
         rows = run_all(
             _DATASETS.value,
             seeds,

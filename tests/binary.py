@@ -29,8 +29,18 @@ def binary_env():
 
 def run_binary(workdir, *flags, timeout=900):
     """Run the binary to completion; return the CompletedProcess."""
+    return run_command(binary_command(workdir, *flags), timeout=timeout)
+
+
+def run_module(module, *flags, timeout=900):
+    """Run `python -m MODULE FLAGS...` to completion; return the CompletedProcess."""
+    return run_command([sys.executable, "-m", module, *flags], timeout=timeout)
+
+
+def run_command(command, *, timeout):
+    """Run a command from the repository root with the binaries' environment."""
     return subprocess.run(
-        binary_command(workdir, *flags),
+        command,
         cwd=REPO_ROOT,
         env=binary_env(),
         capture_output=True,

@@ -2,11 +2,9 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from binary import REPO_ROOT, TEST_CONFIG, binary_env, copy_workdir
+from binary import TEST_CONFIG, copy_workdir, run_module
 
 from defuse_jax.configuration import InputError
 from experiments import lambda_sweep
@@ -18,22 +16,12 @@ def test_sweep_corrects_each_lambda_from_the_same_run(finished_run, tmp_path):
     source, _ = finished_run
     workdir = copy_workdir(source, tmp_path / "base")
     out = tmp_path / "sweep"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.lambda_sweep",
-            f"--workdir={workdir}",
-            f"--config={TEST_CONFIG}",
-            f"--out={out}",
-            "--lams=" + ",".join(str(lam) for lam in reversed(LAMS)),
-        ],
-        cwd=REPO_ROOT,
-        env=binary_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
+    result = run_module(
+        "experiments.lambda_sweep",
+        f"--workdir={workdir}",
+        f"--config={TEST_CONFIG}",
+        f"--out={out}",
+        "--lams=" + ",".join(str(lam) for lam in reversed(LAMS)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # The base run is finished, so the sweep retrains neither model nor searches again.

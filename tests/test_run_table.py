@@ -3,11 +3,9 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
-from binary import REPO_ROOT, binary_env, copy_workdir
+from binary import copy_workdir, run_module
 
 from defuse_jax import configuration
 from defuse_jax.configuration import InputError
@@ -59,9 +57,9 @@ def test_table_mean_and_sample_std():
 
 
 def test_claim_check_failing_parts():
-    holds = table_lib.check_claim([_row("a", 0), _row("a", 1)])
-    assert holds.count("(holds") == 3
-    assert "Defuse is above in 2 of 2 seeds" in holds
+    passing = table_lib.check_claim([_row("a", 0), _row("a", 1)])
+    assert passing.count("(holds") == 3
+    assert "Defuse is above in 2 of 2 seeds" in passing
     fails = table_lib.check_claim(
         [_row("a", 0, region_defuse=0.6, test_defuse=0.88, test_baseline=0.89)]
     )
@@ -132,22 +130,13 @@ def test_binary_reuses_finished_run(finished_run, tmp_path):
     source, _ = finished_run
     out = tmp_path / "table"
     copy_workdir(source, out / "mnist5k" / "seed_0")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.run_table",
-            f"--out={out}",
-            "--datasets=mnist5k",
-            "--seeds=0",
-            "--variant=test",
-        ],
-        cwd=REPO_ROOT,
-        env=binary_env(),
-        capture_output=True,
-        text=True,
+    result = run_module(
+        "experiments.run_table",
+        f"--out={out}",
+        "--datasets=mnist5k",
+        "--seeds=0",
+        "--variant=test",
         timeout=600,
-        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "classifier: training" not in result.stderr
@@ -172,20 +161,11 @@ def test_binary_reuses_finished_run(finished_run, tmp_path):
 
 
 def test_binary_unknown_dataset(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.run_table",
-            f"--out={tmp_path}",
-            "--datasets=imagenet",
-        ],
-        cwd=REPO_ROOT,
-        env=binary_env(),
-        capture_output=True,
-        text=True,
+    result = run_module(
+        "experiments.run_table",
+        f"--out={tmp_path}",
+        "--datasets=imagenet",
         timeout=300,
-        check=False,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: Config 'imagenet'")

@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from binary import run_module
 
 from defuse_jax import data, tfds_data
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -534,14 +533,7 @@ def test_fashion_mnist_loads() -> None:
 
 
 def run_write_tfds(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.write_tfds", *flags],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_module("experiments.write_tfds", *flags, timeout=120)
 
 
 def test_binary_writes_digits(tmp_path: pathlib.Path) -> None:
