@@ -166,6 +166,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_range(config, "regions.num_samples", 1, None, integer=True)
 
     _check_range(config, "correct.lam", 0, 1)
+    _check_lambda_selection(config)
     _check_range(config, "correct.num_steps", 1, None, integer=True)
     _check_range(config, "correct.batch_size", 1, None, integer=True)
     _check_range(config, "correct.extra_batch_size", 1, None, integer=True)
@@ -182,6 +183,48 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
     _check_range(config, "checkpoint.every_steps", 0, None, integer=True)
     _check_range(config, "checkpoint.identify_every_batches", 0, None, integer=True)
+
+
+def _check_lambda_selection(config: ml_collections.ConfigDict) -> None:
+    """Check correct.lam_grid, correct.max_validation_drop and dataset.validation_size.
+
+    Configs written before lambda selection have none of the three and keep a fixed
+    lambda.
+    """
+    if "validation_size" in config.dataset:
+        _check_range(config, "dataset.validation_size", 0, None, integer=True)
+    grid = config.correct.get("lam_grid", ())
+    if not isinstance(grid, (tuple, list)) or any(
+        isinstance(lam, bool)
+        or not isinstance(lam, (int, float))
+        or not (math.isfinite(lam) and 0 <= lam <= 1)
+        for lam in grid
+    ):
+        raise InputError(
+            f"config.correct.lam_grid={grid!r} is invalid; use a tuple of lambdas in "
+            "[0, 1] such as (0.05, 0.1, 0.2), or () to use config.correct.lam."
+        )
+    if len(set(grid)) != len(grid):
+        raise InputError(
+            f"config.correct.lam_grid={grid!r} repeats a lambda; list each once."
+        )
+    if not grid:
+        return
+    if "max_validation_drop" not in config.correct:
+        raise InputError(
+            "config.correct.lam_grid needs config.correct.max_validation_drop, the "
+            "largest validation accuracy drop allowed (a fraction, such as 0.005); "
+            "add it as in experiments/configs/mnist5k.py."
+        )
+    _check_range(config, "correct.max_validation_drop", 0, 1)
+    if not config.dataset.get("validation_size", 0):
+        raise InputError(
+            f"config.correct.lam_grid={tuple(grid)!r} chooses lambda on a validation "
+            "split, but config.dataset.validation_size is 0. Set "
+            "--config.dataset.validation_size to a number of train examples to hold "
+            "out (500 for mnist5k), or --config.correct.lam_grid='()' to use "
+            "config.correct.lam."
+        )
 
 
 _ANNOTATE_FIELDS = (

@@ -177,3 +177,46 @@ def fine_tune(
         checkpoint_every=checkpoint_every,
     )
     return state.params
+
+
+def select_lambda(
+    lams: Any,
+    validation_accuracy: Any,
+    validation_region_accuracy: Any,
+    *,
+    reference_accuracy: float,
+    max_drop: float,
+) -> int:
+    """Index of the lambda to use, chosen on validation figures only.
+
+    Among the lambdas whose validation accuracy is at least `reference_accuracy -
+    max_drop`, take the one with the highest validation region accuracy, and the
+    smallest lambda on a tie. When no lambda stays within `max_drop`, take the one
+    with the highest validation accuracy: correction should then harm the least.
+
+    Args:
+        lams: [G] candidate lambdas.
+        validation_accuracy: [G] validation accuracy after correction with each.
+        validation_region_accuracy: [G] accuracy on held-out validation samples of
+            the corrected regions after correction with each.
+        reference_accuracy: Validation accuracy of the audited classifier.
+        max_drop: Largest drop in validation accuracy allowed, as a fraction.
+    """
+    lams = np.asarray(lams, dtype=np.float64)
+    accuracy = np.asarray(validation_accuracy, dtype=np.float64)
+    region_accuracy = np.asarray(validation_region_accuracy, dtype=np.float64)
+    if not (lams.ndim == 1 and lams.shape == accuracy.shape == region_accuracy.shape):
+        raise ValueError(
+            f"select_lambda needs three 1-D arrays of one length; got shapes "
+            f"{lams.shape}, {accuracy.shape} and {region_accuracy.shape}."
+        )
+    if lams.size == 0:
+        raise ValueError("select_lambda needs at least one candidate lambda.")
+    # A small tolerance, so that a drop of exactly max_drop counts as within it.
+    eligible = accuracy >= reference_accuracy - max_drop - 1e-9
+    if not eligible.any():
+        candidates = np.flatnonzero(accuracy == accuracy.max())
+    else:
+        best = region_accuracy[eligible].max()
+        candidates = np.flatnonzero(eligible & (region_accuracy == best))
+    return int(candidates[np.argmin(lams[candidates])])

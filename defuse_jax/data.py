@@ -88,6 +88,10 @@ class Dataset(NamedTuple):
       test_labels: [M] int32 test labels in [0, num_classes).
       num_classes: Number of classes.
       class_names: Name of each class, indexed by label.
+      validation_images: [V, H, W, C] float32 validation images held out of the
+        train split (`validation_size`), or None when there is none. Nothing
+        trains on them; they choose lambda for correction.
+      validation_labels: [V] int32 their labels, or None.
     """
 
     name: str
@@ -97,6 +101,8 @@ class Dataset(NamedTuple):
     test_labels: np.ndarray
     num_classes: int
     class_names: tuple[str, ...]
+    validation_images: np.ndarray | None = None
+    validation_labels: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -111,6 +117,7 @@ def load_dataset(
     test_size: int | float = 1000,  # noqa: PYI041 - int is a count, float a fraction.
     split_seed: int = 0,
     train_size: int = 0,
+    validation_size: int = 0,
     data_dir: str = "",
 ) -> Dataset:
     """Load a dataset by name and check both of its splits.
@@ -130,6 +137,11 @@ def load_dataset(
         Every class of the train split keeps at least one example. 0, or a
         size of at least the train split, keeps the whole train split. The
         test split is never subsampled.
+      validation_size: If positive, hold this many train examples out as a
+        validation split, drawn stratified by class with `split_seed`. With
+        `train_size`, they come from the train examples that `train_size`
+        leaves out, so the kept train examples stay the same; without it, the
+        train split shrinks by `validation_size`.
       data_dir: The TensorFlow Datasets folder for "tfds:NAME" names (empty:
         TFDS's default, ~/tensorflow_datasets). Ignored for other names.
 
@@ -164,7 +176,11 @@ def load_dataset(
             f"Unknown dataset name {name!r}: expected one of "
             f"{', '.join(ALLOWED_NAME_FORMS)}."
         )
-    if train_size:
+    if validation_size:
+        dataset = _hold_out_validation(
+            dataset, validation_size, train_size=train_size, split_seed=split_seed
+        )
+    elif train_size:
         dataset = _subsample_train(dataset, train_size, split_seed=split_seed)
 
     validate_arrays(
@@ -179,10 +195,19 @@ def load_dataset(
         dataset.num_classes,
         where=f"test split of {name}",
     )
+    if dataset.validation_labels is not None:
+        validate_arrays(
+            dataset.validation_images,
+            dataset.validation_labels,
+            dataset.num_classes,
+            where=f"validation split of {name}",
+        )
     logging.info(
-        "Loaded dataset %s: %d train and %d test images of shape %s, %d classes.",
+        "Loaded dataset %s: %d train, %d validation and %d test images of shape %s, "
+        "%d classes.",
         name,
         len(dataset.train_labels),
+        0 if dataset.validation_labels is None else len(dataset.validation_labels),
         len(dataset.test_labels),
         dataset.image_shape,
         dataset.num_classes,
@@ -233,7 +258,8 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
     Returns:
       A dict with keys "name", "image_shape" ([H, W, C]), "num_train",
       "num_test", "num_classes", "class_names", and "train_class_counts" and
-      "test_class_counts" (lists of num_classes ints, indexed by label).
+      "test_class_counts" (lists of num_classes ints, indexed by label), and
+      "num_validation" (0 without a validation split).
     """
     train_counts = np.bincount(ds.train_labels, minlength=ds.num_classes)
     test_counts = np.bincount(ds.test_labels, minlength=ds.num_classes)
@@ -242,6 +268,7 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
         "image_shape": list(ds.image_shape),
         "num_train": len(ds.train_labels),
         "num_test": len(ds.test_labels),
+        "num_validation": 0 if ds.validation_labels is None else len(ds.validation_labels),
         "num_classes": int(ds.num_classes),
         "class_names": list(ds.class_names),
         "train_class_counts": [int(count) for count in train_counts],
@@ -454,6 +481,19 @@ def _load_fashion_mnist() -> Dataset:
 
 def _subsample_train(dataset: Dataset, train_size: int, *, split_seed: int) -> Dataset:
     """Keep `train_size` train examples, stratified by class; the test split stays."""
+    keep = _subsample_indices(dataset, train_size, split_seed=split_seed)
+    if keep is None:
+        return dataset
+    return dataset._replace(
+        train_images=dataset.train_images[keep],
+        train_labels=dataset.train_labels[keep],
+    )
+
+
+def _subsample_indices(
+    dataset: Dataset, train_size: int, *, split_seed: int
+) -> np.ndarray | None:
+    """Sorted indices of the `train_size` kept train examples; None keeps them all."""
     if isinstance(train_size, (bool, np.bool_)) or not isinstance(
         train_size, (int, np.integer)
     ):
@@ -463,8 +503,8 @@ def _subsample_train(dataset: Dataset, train_size: int, *, split_seed: int) -> D
         )
     num_train = len(dataset.train_labels)
     num_present = len(np.unique(dataset.train_labels))
-    if train_size >= num_train:
-        return dataset
+    if not train_size or train_size >= num_train:
+        return None
     if not num_present <= train_size:
         raise ValueError(
             f"Invalid train_size {train_size} for {dataset.name}: expected 0 (all "
@@ -478,13 +518,67 @@ def _subsample_train(dataset: Dataset, train_size: int, *, split_seed: int) -> D
         num_train,
         dataset.name,
     )
+    return keep
+
+
+def _hold_out_validation(
+    dataset: Dataset, validation_size: int, *, train_size: int, split_seed: int
+) -> Dataset:
+    """Move `validation_size` train examples, stratified by class, to a validation split.
+
+    With a positive `train_size` below the train split, the train examples that
+    `_subsample_train` keeps stay the same and the validation examples are drawn
+    from the others.
+    """
+    if isinstance(validation_size, (bool, np.bool_)) or not isinstance(
+        validation_size, (int, np.integer)
+    ):
+        raise TypeError(
+            f"Invalid validation_size {validation_size!r}: expected an int, 0 for no "
+            "validation split."
+        )
+    labels = dataset.train_labels
+    num_train = len(labels)
+    everything = np.arange(num_train)
+    kept = _subsample_indices(dataset, train_size, split_seed=split_seed)
+    if kept is None:
+        kept = everything
+    pool = everything if len(kept) == num_train else np.setdiff1d(everything, kept)
+    num_classes_pool = len(np.unique(labels[pool]))
+    # Without train_size the validation examples leave the train split, which must
+    # keep every class it has.
+    spare = len(pool) if len(kept) < num_train else num_train - num_classes_pool
+    if not num_classes_pool <= validation_size <= spare:
+        raise ValueError(
+            f"Invalid validation_size {validation_size} for {dataset.name}: expected 0 "
+            f"(no validation split) or between {num_classes_pool} (one example per "
+            f"class) and {spare}, the train examples that can be held out of "
+            f"{num_train}" + (f" with train_size {train_size}." if len(kept) < num_train else ".")
+        )
+    # Another seed stream than the train subsample's, so the two draws are independent.
+    chosen = pool[
+        _stratified_sample(labels[pool], int(validation_size), seed=(split_seed, 1))
+    ]
+    train = kept if len(kept) < num_train else np.setdiff1d(everything, chosen)
+    logging.info(
+        "Held out %d of the %d train examples of %s as validation "
+        "(config.dataset.validation_size); %d stay for training.",
+        validation_size,
+        num_train,
+        dataset.name,
+        len(train),
+    )
     return dataset._replace(
-        train_images=dataset.train_images[keep],
-        train_labels=dataset.train_labels[keep],
+        train_images=dataset.train_images[train],
+        train_labels=labels[train],
+        validation_images=dataset.train_images[chosen],
+        validation_labels=labels[chosen],
     )
 
 
-def _stratified_sample(labels: np.ndarray, size: int, *, seed: int) -> np.ndarray:
+def _stratified_sample(
+    labels: np.ndarray, size: int, *, seed: int | tuple[int, ...]
+) -> np.ndarray:
     """Draw `size` sorted indices of `labels` with every class kept, seeded.
 
     Each class present gets one example, and the other `size - num_present`

@@ -257,7 +257,11 @@ class _Page:
         models = (
             ("Before correction", "before"),
             (f"Defuse (lambda = {correction.get('lam')})", "defuse"),
-            ("Fine-tuned on flips (baseline)", "finetune_on_flips_baseline"),
+            (
+                "Fine-tuned on flips (baseline, lambda = "
+                f"{correction.get('baseline_lam', correction.get('lam'))})",
+                "finetune_on_flips_baseline",
+            ),
         )
         rows = []
         for title, key in models:
@@ -291,6 +295,7 @@ class _Page:
                 if correction.get("baseline_note")
                 else ""
             ),
+            _lambda_selection_note(correction.get("lambda_selection")),
             "</div>",
         ]
         return "\n".join(parts)
@@ -608,3 +613,29 @@ def _search_again_text(entry: Mapping[str, Any]) -> str:
             f"correction (Bhattacharyya distance {_number(entry.get('distance'))})"
         )
     return text
+
+
+def _lambda_selection_note(selection: dict[str, Any] | None) -> str:
+    """Say how lambda was chosen, with each candidate's validation figures."""
+    if not selection:
+        return ""
+    lines = []
+    for name, title in (("defuse", "Defuse"), ("baseline", "Baseline")):
+        record = selection.get(name, {})
+        cells = ", ".join(
+            f"{row['lam']:g}: {_percent(row['validation_accuracy'])} / "
+            f"{_percent(row['validation_region_accuracy'])}"
+            for row in record.get("candidates", [])
+        )
+        lines.append(f"{title} chose {record.get('lam')} ({cells}).")
+    before = selection.get("before", {})
+    text = (
+        f"Lambda was chosen per method from {selection.get('grid')} on "
+        f"{selection.get('validation_size')} validation images and "
+        f"{selection.get('validation_region_size')} validation samples of the "
+        "corrected regions, never on test figures. The audited classifier scores "
+        f"{_percent(before.get('validation_accuracy'))} / "
+        f"{_percent(before.get('validation_region_accuracy'))} (validation accuracy / "
+        f"validation region accuracy). {selection.get('rule', '')} " + " ".join(lines)
+    )
+    return f'<p class="note">{_escape(text)}</p>'

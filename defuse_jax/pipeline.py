@@ -69,6 +69,7 @@ _KEY_IDS = {
     "radius": 10,
     "annotate": 11,
     "search_again": 12,
+    "region_validation": 13,
 }
 
 
@@ -123,6 +124,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
             test_size=config.dataset.test_size,
             split_seed=config.dataset.split_seed,
             train_size=config.dataset.get("train_size", 0),
+            validation_size=config.dataset.get("validation_size", 0),
             data_dir=config.dataset.get("data_dir", ""),
         )
     except (ValueError, TypeError) as error:

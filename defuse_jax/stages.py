@@ -7,6 +7,7 @@ stage and everything after it.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,8 @@ _CORRECTION_OUTPUTS = (
     "progress/corrected.json",
     "progress/baseline",
     "progress/baseline.json",
+    "checkpoints/lambda_candidates",
+    "progress/lambda_candidates",
 )
 # Workdir outputs of the search after correction.
 _SEARCH_AGAIN_OUTPUTS = (
@@ -137,7 +140,13 @@ def distill_correct_report(
 
     # Correction: lambda-mixed fine-tuning from the audited params, and the baseline.
     if annotation.accepted.any():
-        with run.stage("correct", f"lambda {config.correct.lam}") as summary:
+        grid = tuple(config.correct.get("lam_grid", ()))
+        with run.stage(
+            "correct",
+            f"lambda chosen on validation from {list(grid)}"
+            if grid
+            else f"lambda {config.correct.lam}",
+        ) as summary:
             # The labels and decisions decide correction, not the annotate config, so
             # two annotators that agree share one correction.
             correct_fingerprint = fingerprint(
@@ -146,6 +155,14 @@ def distill_correct_report(
                 getattr(annotation, "decision", annotation.accepted).tolist(),
                 config.correct,
             )
+            # What one fine-tuning depends on, without the lambda and the selection
+            # settings: the candidates of a lambda grid are reused when only those
+            # change.
+            tune = {
+                name: config.correct[name]
+                for name in ("num_steps", "batch_size", "extra_batch_size", "learning_rate")
+            }
+            decisions = getattr(annotation, "decision", annotation.accepted).tolist()
             outputs["correction"], corrected_params = _correct(
                 run,
                 regions,
@@ -154,10 +171,16 @@ def distill_correct_report(
                 flips,
                 classifier_params,
                 generator_params,
-                correct_fingerprint,
-                # The baseline trains on every flip with its source label, so the
-                # annotation never changes it.
-                fingerprint("baseline", search_fingerprint, config.correct),
+                {
+                    "defuse": correct_fingerprint,
+                    # The baseline trains on every flip with its source label, so
+                    # the annotation never changes it.
+                    "baseline": fingerprint("baseline", search_fingerprint, config.correct),
+                    "defuse_candidate": fingerprint(
+                        regions_fingerprint, annotation.label.tolist(), decisions, tune
+                    ),
+                    "baseline_candidate": fingerprint("baseline", search_fingerprint, tune),
+                },
             )
             result = outputs["correction"]
             summary["output"] = (
@@ -533,12 +556,17 @@ def _region_test_set(
     regions: regions_lib.Regions,
     annotation: annotate.Annotation,
     generator_params: Any,
+    key_name: str = "region_test",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Held-out decoded samples of the accepted regions: images, labels, region rows."""
+    """Held-out decoded samples of the accepted regions: images, labels, region rows.
+
+    `key_name` "region_test" draws the test samples, "region_validation" an
+    independent set that chooses lambda.
+    """
     accepted = np.nonzero(annotation.accepted)[0]
     count = run.config.correct.num_test_samples
     codes = regions_lib.sample_codes(
-        run.keys["region_test"],
+        run.keys[key_name],
         jnp.asarray(regions.mean[accepted]),
         jnp.asarray(regions.covariance[accepted]),
         tau=run.config.regions.tau,
@@ -587,17 +615,20 @@ def _correct(
     flips: Flips,
     classifier_params: Any,
     generator_params: Any,
-    stage_fingerprint: str,
-    baseline_fingerprint: str,
+    fingerprints: dict[str, str],
 ) -> tuple[dict[str, Any], Any]:
-    """Fine-tune with Defuse and with the baseline; return the figures and Defuse params."""
+    """Fine-tune with Defuse and with the baseline; return the figures and Defuse params.
+
+    `fingerprints` holds "defuse" and "baseline", the fingerprints of the final
+    params, and "defuse_candidate" and "baseline_candidate", those of the params of
+    one lambda of `correct.lam_grid` without the lambda.
+    """
     config, dataset = run.config.correct, run.dataset
     region_images, region_labels, region_rows = _region_test_set(
         run, regions, annotation, generator_params
     )
     accepted = np.nonzero(annotation.accepted)[0]
     common = {
-        "lam": config.lam,
         "num_steps": config.num_steps,
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
@@ -605,7 +636,7 @@ def _correct(
         "checkpoint_every": run.config.checkpoint.every_steps,
     }
 
-    def fine_tune_defuse(progress: str):
+    def fine_tune_defuse(lam: float, progress: str):
         data = correct.RegionSamplerData(
             generator_params=generator_params,
             means=jnp.asarray(regions.mean[accepted]),
@@ -621,13 +652,14 @@ def _correct(
             dataset.train_labels,
             sampler=correct.make_region_sampler(run.generator, config.extra_batch_size),
             extra_data=data,
-            name="correct_defuse",
+            name=f"correct_defuse (lambda {lam:g})",
             key=run.keys["correct"],
             checkpoint_dir=progress,
+            lam=lam,
             **common,
         )
 
-    def fine_tune_baseline(progress: str):
+    def fine_tune_baseline(lam: float, progress: str):
         flip_images = regions_lib.decode_codes(
             run.generator, generator_params, flips.codes
         )
@@ -638,24 +670,54 @@ def _correct(
             dataset.train_labels,
             sampler=correct.make_pool_sampler(config.extra_batch_size),
             extra_data=(jnp.asarray(flip_images), jnp.asarray(flips.source_label)),
-            name="correct_baseline",
+            name=f"correct_baseline (lambda {lam:g})",
             key=run.keys["baseline"],
             checkpoint_dir=progress,
+            lam=lam,
             **common,
         )
 
+    fine_tunes = {"defuse": fine_tune_defuse, "baseline": fine_tune_baseline}
+    grid = tuple(float(lam) for lam in config.get("lam_grid", ()))
+    if grid:
+        selection, chosen = _select_lambdas(
+            run,
+            regions,
+            annotation,
+            classifier_params,
+            generator_params,
+            grid,
+            fine_tunes,
+            fingerprints,
+        )
+        lams = {name: float(grid[index]) for name, (index, _) in chosen.items()}
+
+        def final_params(name: str):
+            return lambda progress: chosen[name][1]
+    else:
+        selection = None
+        lams = {"defuse": float(config.lam), "baseline": float(config.lam)}
+
+        def final_params(name: str):
+            return functools.partial(fine_tunes[name], lams[name])
+
     defuse_params = workdir_lib.cached_params(
-        run.workdir, "corrected", stage_fingerprint, classifier_params, fine_tune_defuse
+        run.workdir,
+        "corrected",
+        fingerprints["defuse"],
+        classifier_params,
+        final_params("defuse"),
     )
     baseline_params = workdir_lib.cached_params(
         run.workdir,
         "baseline",
-        baseline_fingerprint,
+        fingerprints["baseline"],
         classifier_params,
-        fine_tune_baseline,
+        final_params("baseline"),
     )
     result = {
-        "lam": config.lam,
+        "lam": lams["defuse"],
+        "baseline_lam": lams["baseline"],
         "num_steps": config.num_steps,
         "region_test_size": len(region_labels),
         "baseline_note": (
@@ -683,6 +745,8 @@ def _correct(
             region_ids,
         ),
     }
+    if selection is not None:
+        result["lambda_selection"] = selection
     for name in ("before", "defuse", "finetune_on_flips_baseline"):
         logging.info(
             "Correction %s: test accuracy %.4f, region test accuracy %.4f.",
@@ -691,3 +755,107 @@ def _correct(
             result[name]["region_test_accuracy"],
         )
     return result, defuse_params
+
+
+def _select_lambdas(
+    run: _Run,
+    regions: regions_lib.Regions,
+    annotation: annotate.Annotation,
+    classifier_params: Any,
+    generator_params: Any,
+    grid: tuple[float, ...],
+    fine_tunes: dict[str, Any],
+    fingerprints: dict[str, str],
+) -> tuple[dict[str, Any], dict[str, tuple[int, Any]]]:
+    """Fine-tune with every lambda of the grid and choose one per method on validation.
+
+    Each method gets its own lambda by the rule of `correct.select_lambda`, applied
+    to the validation split and to validation samples of the corrected regions (a
+    key other than the test samples'). No test figure is read. Returns the
+    selection record for report.json and, per method, the chosen grid index and
+    params.
+    """
+    dataset = run.dataset
+    max_drop = float(run.config.correct.max_validation_drop)
+    images, labels, _ = _region_test_set(
+        run, regions, annotation, generator_params, key_name="region_validation"
+    )
+
+    def scores(params: Any) -> dict[str, float]:
+        return {
+            "validation_accuracy": classifier.accuracy(
+                run.apply_fn,
+                params,
+                dataset.validation_images,
+                dataset.validation_labels,
+            ),
+            "validation_region_accuracy": classifier.accuracy(
+                run.apply_fn, params, images, labels
+            ),
+        }
+
+    before = scores(classifier_params)
+    selection: dict[str, Any] = {
+        "grid": list(grid),
+        "max_validation_drop": max_drop,
+        "rule": (
+            "Per method, the lambda with the highest validation region accuracy among "
+            "those whose validation accuracy is at most max_validation_drop below the "
+            "audited classifier's (the smallest lambda on a tie); if none is, the "
+            "lambda with the highest validation accuracy."
+        ),
+        "validation_size": len(dataset.validation_labels),
+        "validation_region_size": len(labels),
+        "before": before,
+    }
+    chosen: dict[str, tuple[int, Any]] = {}
+    for name, fine_tune in fine_tunes.items():
+        rows, all_params = [], []
+        for lam in grid:
+            params = workdir_lib.cached_params(
+                run.workdir,
+                f"lambda_candidates/{name}_{lam:g}",
+                fingerprint(fingerprints[f"{name}_candidate"], lam),
+                classifier_params,
+                functools.partial(fine_tune, lam),
+            )
+            rows.append({"lam": lam, **scores(params)})
+            all_params.append(params)
+            logging.info(
+                "Lambda selection, %s, lambda %g: validation accuracy %.4f (audited "
+                "%.4f), validation region accuracy %.4f (audited %.4f).",
+                name,
+                lam,
+                rows[-1]["validation_accuracy"],
+                before["validation_accuracy"],
+                rows[-1]["validation_region_accuracy"],
+                before["validation_region_accuracy"],
+            )
+        index = correct.select_lambda(
+            grid,
+            [row["validation_accuracy"] for row in rows],
+            [row["validation_region_accuracy"] for row in rows],
+            reference_accuracy=before["validation_accuracy"],
+            max_drop=max_drop,
+        )
+        within = rows[index]["validation_accuracy"] >= (
+            before["validation_accuracy"] - max_drop - 1e-9
+        )
+        if not within:
+            logging.warning(
+                "Lambda selection, %s: every lambda of %s lowers validation accuracy "
+                "by more than correct.max_validation_drop=%g; using lambda %g, the one "
+                "that lowers it least.",
+                name,
+                list(grid),
+                max_drop,
+                grid[index],
+            )
+        logging.info("Lambda selection, %s: chose lambda %g.", name, grid[index])
+        selection[name] = {
+            "lam": grid[index],
+            "within_max_drop": bool(within),
+            "candidates": rows,
+        }
+        chosen[name] = (index, all_params[index])
+    return selection, chosen

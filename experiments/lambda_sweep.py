@@ -149,6 +149,8 @@ def sweep(
         lam_config = config.copy_and_resolve_references()
         with lam_config.unlocked():
             lam_config.correct.lam = lam
+            # One fixed lambda per workdir, whatever the base config selects.
+            lam_config.correct.lam_grid = ()
             lam_config.search_again.enabled = search_again
         outputs = pipeline.run(
             lam_config, lam_workdir, allow_config_change=True, draw_report=False

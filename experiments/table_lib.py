@@ -16,6 +16,7 @@ _FIGURES = (
     ("num_flips", ("search", "num_flips")),
     ("searched_images", ("search", "searched_images")),
     ("lam", ("correction", "lam")),
+    ("baseline_lam", ("correction", "baseline_lam")),
     ("region_before", ("correction", "before", "region_test_accuracy")),
     ("region_defuse", ("correction", "defuse", "region_test_accuracy")),
     (
@@ -41,6 +42,11 @@ def row_figures(outputs: dict[str, Any]) -> dict[str, Any]:
         for part in path:
             value = value.get(part) if isinstance(value, dict) else None
         row[key] = float("nan") if value is None else float(value)
+    # Reports written before lambda selection used one lambda for both methods.
+    if math.isnan(row["baseline_lam"]):
+        row["baseline_lam"] = row["lam"]
+    selection = outputs.get("correction", {}).get("lambda_selection")
+    row["lam_chosen_on"] = "validation" if selection else "config"
     row["flips_per_image"] = row["num_flips"] / max(row["searched_images"], 1.0)
     row["regions"] = float(outputs.get("distill", {}).get("num_regions", 0))
     row["regions_corrected"] = float(outputs.get("annotation", {}).get("accepted", 0))
@@ -104,7 +110,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "| dataset | {seeds} | classifier test acc. (%) | flips | flips per searched "
         "image | regions (corrected) | region test acc., Defuse (%) | region test acc., "
         "finetune on flips (%) | test acc., Defuse (%) | test acc., finetune on flips "
-        "(%) | lambda |\n"
+        "(%) | lambda, Defuse / baseline |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
@@ -130,7 +136,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _table_line(name: str, group: list[dict[str, Any]], seeds: str) -> str:
-    lams = sorted({r["lam"] for r in group if not math.isnan(r["lam"])})
+    def lam_list(key: str) -> str:
+        lams = sorted({r[key] for r in group if not math.isnan(r[key])})
+        return ", ".join(f"{lam:g}" for lam in lams) or "n/a"
+
     # A single run has whole region counts; a mean over seeds keeps one decimal.
     count_digits = 0 if len(group) == 1 else 1
     regions = _mean_std([r["regions"] for r in group], digits=count_digits)
@@ -146,7 +155,7 @@ def _table_line(name: str, group: list[dict[str, Any]], seeds: str) -> str:
         _change(group, "region_before", "region_baseline"),
         _change(group, "test_before", "test_defuse"),
         _change(group, "test_before", "test_baseline"),
-        ", ".join(f"{lam:g}" for lam in lams) or "n/a",
+        f"{lam_list('lam')} / {lam_list('baseline_lam')}",
     ]
     return "| " + " | ".join(cells) + " |"
 

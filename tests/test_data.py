@@ -486,7 +486,10 @@ def test_load_logs_sizes(
     messages = [record.getMessage() for record in caplog.records]
     loaded = [message for message in messages if message.startswith("Loaded dataset")]
     assert len(loaded) == 1
-    assert "12 train and 5 test images of shape (4, 3, 1), 3 classes" in loaded[0]
+    assert (
+        "12 train, 0 validation and 5 test images of shape (4, 3, 1), 3 classes"
+        in loaded[0]
+    )
 
 
 # npz:FILE

@@ -23,6 +23,7 @@ def _row(dataset, seed, **figures):
         "regions": 5.0,
         "regions_corrected": 4.0,
         "lam": 0.05,
+        "baseline_lam": 0.05,
         "region_before": 0.4,
         "region_defuse": 0.8,
         "region_baseline": 0.5,
@@ -36,8 +37,8 @@ def _row(dataset, seed, **figures):
 
 def test_table_mean_and_sample_std():
     rows = [
-        _row("a", 0, region_defuse=0.7, num_flips=90.0),
-        _row("a", 1, region_defuse=0.9, num_flips=110.0),
+        _row("a", 0, region_defuse=0.7, num_flips=90.0, baseline_lam=0.2),
+        _row("a", 1, region_defuse=0.9, num_flips=110.0, lam=0.1, baseline_lam=0.5),
         _row("b", 0),
     ]
     text = table_lib.markdown_table(rows)
@@ -50,6 +51,9 @@ def test_table_mean_and_sample_std():
     assert (
         "| b | 1 | 90.0 | 100 | 0.250 | 5 (4) | 40.0 → 80.0 | 40.0 → 50.0 |" in text
     )
+    # The lambdas each method used, over the seeds of a dataset.
+    assert "| 0.05, 0.1 / 0.2, 0.5 |" in text
+    assert "| 0.05 / 0.05 |" in text
     assert text.count("| dataset | seeds |") == 1
     assert text.count("| dataset | seed |") == 1
     assert text.count("| a | 0 |") == 1

@@ -23,6 +23,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.dataset.split_seed = 0
     # Keep this many train examples, stratified by class (0 keeps them all).
     config.dataset.train_size = 0
+    # Hold this many train examples out as a validation split, stratified by class.
+    # No model trains on them; they choose the correction lambda (correct.lam_grid).
+    # With train_size they come from the examples train_size leaves out.
+    config.dataset.validation_size = 500
     # The TFDS data folder of "tfds:NAME" datasets (empty: ~/tensorflow_datasets).
     config.dataset.data_dir = ""
 
@@ -158,6 +162,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.correct = ml_collections.ConfigDict()
     # lambda: loss = (1 - lam) * CE(original batch) + lam * CE(region batch).
+    # With a non-empty lam_grid, correction fine-tunes once per lambda of the grid,
+    # for Defuse and for the baseline alike, and each method keeps the lambda with
+    # the best accuracy on validation samples of the corrected regions among those
+    # that lower validation accuracy by at most max_validation_drop (a fraction).
+    # No test figure takes part. An empty grid uses `lam` for both methods.
+    config.correct.lam_grid = (0.05, 0.1, 0.2, 0.5)
+    config.correct.max_validation_drop = 0.005
     config.correct.lam = 0.05
     config.correct.num_steps = 300
     config.correct.batch_size = 64
@@ -199,6 +210,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.annotate.min_source_purity = 0.0
         config.regions.tau = 0.3
         config.correct.lam = 0.1
+        # A fixed lambda and no validation split, for speed; the lambda selection
+        # tests turn them on.
+        config.correct.lam_grid = ()
+        config.dataset.validation_size = 0
         config.classifier.num_epochs = 1.0
         config.vae.num_epochs = 1.0
         config.identify.max_source_images = 128
