@@ -291,6 +291,23 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: Any) ->
             f"{dataset.train_images.shape[1:]} but test images of shape "
             f"{dataset.test_images.shape[1:]}; both splits need the same image shape."
         )
+    validation = getattr(dataset, "validation_images", None)
+    if validation is not None and validation.shape[1:] != dataset.train_images.shape[1:]:
+        raise InputError(
+            f"Dataset {dataset.name!r} has train images of shape "
+            f"{dataset.train_images.shape[1:]} but validation images of shape "
+            f"{validation.shape[1:]}; every split needs the same image shape."
+        )
+    if config.correct.get("lam_grid", ()) and (
+        getattr(dataset, "validation_labels", None) is None
+    ):
+        raise InputError(
+            f"config.correct.lam_grid={tuple(config.correct.lam_grid)!r} chooses lambda "
+            f"on a validation split, but dataset {dataset.name!r} has none. A dataset "
+            "passed to pipeline.run needs validation_images and validation_labels "
+            "(config.dataset.validation_size only applies to datasets the pipeline "
+            "loads); or set config.correct.lam_grid=() to use config.correct.lam."
+        )
     num_train = len(dataset.train_images)
     for field in ("classifier.batch_size", "vae.batch_size", "correct.batch_size"):
         section, name = field.split(".")
@@ -372,6 +389,22 @@ def dataset_digest(dataset: Any) -> str:
         digest.update(str(array.shape).encode())
         digest.update(array.tobytes())
     digest.update(json.dumps(list(dataset.class_names)).encode())
+    return digest.hexdigest()[:16]
+
+
+def validation_digest(dataset: Any) -> str | None:
+    """Return a short hash of a dataset's validation split, or None without one.
+
+    Only the choice of lambda reads the validation split, so this digest enters
+    the correction stage's fingerprint rather than `dataset_digest`, and changing
+    the split retrains nothing.
+    """
+    if getattr(dataset, "validation_labels", None) is None:
+        return None
+    digest = hashlib.sha256()
+    for array in (dataset.validation_images, dataset.validation_labels):
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
     return digest.hexdigest()[:16]
 
 

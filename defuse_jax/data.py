@@ -540,26 +540,26 @@ def _hold_out_validation(
     labels = dataset.train_labels
     num_train = len(labels)
     everything = np.arange(num_train)
-    kept = _subsample_indices(dataset, train_size, split_seed=split_seed)
-    if kept is None:
-        kept = everything
-    pool = everything if len(kept) == num_train else np.setdiff1d(everything, kept)
+    subsample = _subsample_indices(dataset, train_size, split_seed=split_seed)
+    subsampled = subsample is not None
+    pool = np.setdiff1d(everything, subsample) if subsampled else everything
     num_classes_pool = len(np.unique(labels[pool]))
     # Without train_size the validation examples leave the train split, which must
     # keep every class it has.
-    spare = len(pool) if len(kept) < num_train else num_train - num_classes_pool
+    spare = len(pool) if subsampled else num_train - num_classes_pool
     if not num_classes_pool <= validation_size <= spare:
+        limit = f" with train_size {train_size}." if subsampled else "."
         raise ValueError(
             f"Invalid validation_size {validation_size} for {dataset.name}: expected 0 "
             f"(no validation split) or between {num_classes_pool} (one example per "
             f"class) and {spare}, the train examples that can be held out of "
-            f"{num_train}" + (f" with train_size {train_size}." if len(kept) < num_train else ".")
+            f"{num_train}{limit}"
         )
     # Another seed stream than the train subsample's, so the two draws are independent.
     chosen = pool[
         _stratified_sample(labels[pool], int(validation_size), seed=(split_seed, 1))
     ]
-    train = kept if len(kept) < num_train else np.setdiff1d(everything, chosen)
+    train = subsample if subsampled else np.setdiff1d(everything, chosen)
     logging.info(
         "Held out %d of the %d train examples of %s as validation "
         "(config.dataset.validation_size); %d stay for training.",

@@ -252,7 +252,17 @@ def _check_dataset(dataset: data.Dataset) -> None:
             f"dataset.class_names has {len(dataset.class_names)} names for "
             f"dataset.num_classes={dataset.num_classes}; give one name per class."
         )
-    for split in ("train", "test"):
+    if (dataset.validation_images is None) != (dataset.validation_labels is None):
+        raise InputError(
+            "dataset has only one of validation_images and validation_labels; give "
+            "both, or neither for no validation split."
+        )
+    splits = ("train", "test") if dataset.validation_labels is None else (
+        "train",
+        "validation",
+        "test",
+    )
+    for split in splits:
         try:
             data.validate_arrays(
                 getattr(dataset, f"{split}_images"),

@@ -29,7 +29,7 @@ from defuse_jax import (
 )
 from defuse_jax import regions as regions_lib
 from defuse_jax import workdir as workdir_lib
-from defuse_jax.configuration import fingerprint
+from defuse_jax.configuration import fingerprint, validation_digest
 from defuse_jax.identify import Flips
 
 if TYPE_CHECKING:
@@ -149,12 +149,20 @@ def distill_correct_report(
         ) as summary:
             # The labels and decisions decide correction, not the annotate config, so
             # two annotators that agree share one correction.
-            correct_fingerprint = fingerprint(
+            correct_parts = [
                 regions_fingerprint,
                 annotation.label.tolist(),
                 getattr(annotation, "decision", annotation.accepted).tolist(),
                 config.correct,
+            ]
+            # The validation split decides which candidate becomes the final params.
+            # Runs without lambda selection keep their fingerprints unchanged.
+            selection_parts = (
+                [validation_digest(run.dataset)]
+                if config.correct.get("lam_grid", ())
+                else []
             )
+            correct_fingerprint = fingerprint(*correct_parts, *selection_parts)
             # What one fine-tuning depends on, without the lambda and the selection
             # settings: the candidates of a lambda grid are reused when only those
             # change.
@@ -175,7 +183,9 @@ def distill_correct_report(
                     "defuse": correct_fingerprint,
                     # The baseline trains on every flip with its source label, so
                     # the annotation never changes it.
-                    "baseline": fingerprint("baseline", search_fingerprint, config.correct),
+                    "baseline": fingerprint(
+                        "baseline", search_fingerprint, config.correct, *selection_parts
+                    ),
                     "defuse_candidate": fingerprint(
                         regions_fingerprint, annotation.label.tolist(), decisions, tune
                     ),
@@ -619,7 +629,7 @@ def _correct(
 ) -> tuple[dict[str, Any], Any]:
     """Fine-tune with Defuse and with the baseline; return the figures and Defuse params.
 
-    `fingerprints` holds "defuse" and "baseline", the fingerprints of the final
+    `fingerprints` contains "defuse" and "baseline", the fingerprints of the final
     params, and "defuse_candidate" and "baseline_candidate", those of the params of
     one lambda of `correct.lam_grid` without the lambda.
     """
@@ -652,7 +662,7 @@ def _correct(
             dataset.train_labels,
             sampler=correct.make_region_sampler(run.generator, config.extra_batch_size),
             extra_data=data,
-            name=f"correct_defuse (lambda {lam:g})",
+            name=f"correct_defuse_lambda_{lam:g}",
             key=run.keys["correct"],
             checkpoint_dir=progress,
             lam=lam,
@@ -670,7 +680,7 @@ def _correct(
             dataset.train_labels,
             sampler=correct.make_pool_sampler(config.extra_batch_size),
             extra_data=(jnp.asarray(flip_images), jnp.asarray(flips.source_label)),
-            name=f"correct_baseline (lambda {lam:g})",
+            name=f"correct_baseline_lambda_{lam:g}",
             key=run.keys["baseline"],
             checkpoint_dir=progress,
             lam=lam,

@@ -47,6 +47,8 @@ def row_figures(outputs: dict[str, Any]) -> dict[str, Any]:
         row["baseline_lam"] = row["lam"]
     selection = outputs.get("correction", {}).get("lambda_selection")
     row["lam_chosen_on"] = "validation" if selection else "config"
+    if selection:
+        row["lambda_selection"] = selection
     row["flips_per_image"] = row["num_flips"] / max(row["searched_images"], 1.0)
     row["regions"] = float(outputs.get("distill", {}).get("num_regions", 0))
     row["regions_corrected"] = float(outputs.get("annotation", {}).get("accepted", 0))
@@ -77,9 +79,10 @@ def load_configs(datasets: list[str], variant: str) -> dict[str, Any]:
 
 
 def write_table(out: str, rows: list[dict[str, Any]]) -> None:
-    """Write table.json and table.md for the runs so far."""
+    """Write table.json, table.md and lambda_selection.png for the runs so far."""
     os.makedirs(out, exist_ok=True)
     report.write_json(os.path.join(out, "table.json"), {"runs": rows})
+    save_selection_plot(os.path.join(out, "lambda_selection.png"), rows)
     text = markdown_table(rows)
     temporary = os.path.join(out, "table.md.tmp")
     with open(temporary, "w", encoding="utf-8") as file:
@@ -121,6 +124,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "",
         header.format(seeds="seeds").rstrip("\n"),
     ]
+    chosen = sum(row.get("lam_chosen_on") == "validation" for row in rows)
+    if chosen:
+        others = "" if chosen == len(rows) else " The other runs used config.correct.lam."
+        lines[1:1] = [
+            "",
+            f"In {chosen} of {len(rows)} runs each method chose its lambda on the "
+            f"validation split (lambda_selection.png shows the candidates).{others}",
+        ]
     for name in datasets:
         group = [row for row in rows if row["dataset"] == name]
         lines.append(_table_line(name, group, str(len(group))))
@@ -196,3 +207,80 @@ def check_claim(group: list[dict[str, Any]]) -> str:
     if skipped:
         parts.append(f"{skipped} more runs corrected nothing and are left out")
     return "; ".join(parts) + "."
+
+
+def save_selection_plot(path: str, rows: list[dict[str, Any]]) -> bool:
+    """Plot each run's lambda candidates on validation; return False if none chose one.
+
+    One column per dataset. The top panel gives the change in validation accuracy
+    from the audited classifier, the bottom one validation region accuracy, both
+    against lambda, for Defuse (solid) and the baseline (dashed), one line per seed.
+    A star marks the lambda each method chose.
+    """
+    chosen_rows = [row for row in rows if row.get("lambda_selection")]
+    if not chosen_rows:
+        return False
+    plt = report._pyplot()
+    datasets = list(dict.fromkeys(row["dataset"] for row in chosen_rows))
+    figure, axes = plt.subplots(
+        2,
+        len(datasets),
+        figsize=(max(6.4, 4.6 * len(datasets)), 6.4),
+        squeeze=False,
+        sharex=True,
+    )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for column, name in enumerate(datasets):
+        group = [row for row in chosen_rows if row["dataset"] == name]
+        top, bottom = axes[0][column], axes[1][column]
+        for index, row in enumerate(group):
+            selection = row["lambda_selection"]
+            before = selection["before"]
+            color = colors[index % len(colors)]
+            for method, line in (("defuse", "-"), ("baseline", "--")):
+                candidates = selection[method]["candidates"]
+                lams = [candidate["lam"] for candidate in candidates]
+                drop = [
+                    100
+                    * (candidate["validation_accuracy"] - before["validation_accuracy"])
+                    for candidate in candidates
+                ]
+                region = [
+                    100 * candidate["validation_region_accuracy"]
+                    for candidate in candidates
+                ]
+                label = f"seed {row['seed']}, {'Defuse' if method == 'defuse' else 'baseline'}"
+                top.plot(lams, drop, line, marker="o", color=color, label=label)
+                bottom.plot(lams, region, line, marker="o", color=color)
+                pick = lams.index(selection[method]["lam"])
+                for axis, values in ((top, drop), (bottom, region)):
+                    axis.plot(
+                        lams[pick], values[pick], "*", color=color, markersize=13
+                    )
+            bottom.axhline(
+                100 * before["validation_region_accuracy"],
+                color=color,
+                linestyle=":",
+                linewidth=1,
+            )
+        max_drop = 100 * group[0]["lambda_selection"]["max_validation_drop"]
+        top.axhline(-max_drop, color="black", linestyle=":", linewidth=1)
+        top.set_title(f"{name}: validation accuracy change (points)", fontsize=9)
+        bottom.set_title(
+            f"{name}: validation region accuracy (%); dotted: before", fontsize=9
+        )
+        bottom.set_xlabel("lambda (log scale); star: chosen")
+        grid = group[0]["lambda_selection"]["grid"]
+        for axis in (top, bottom):
+            axis.set_xscale("log")
+            axis.minorticks_off()
+            axis.grid(alpha=0.3)
+        bottom.set_xticks(grid, [f"{lam:g}" for lam in grid])
+        top.legend(fontsize=6, handlelength=3)
+    figure.suptitle(
+        "Lambda candidates on validation; black dotted line: largest drop allowed",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    report._save_figure(figure, path)
+    return True

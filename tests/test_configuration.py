@@ -44,6 +44,12 @@ def test_shipped_configs_are_valid(variant):
         ("correct.lam", float("nan"), "config.correct.lam=nan must be a finite number"),
         ("annotate.annotator", "crowd", "use one of majority_source"),
         ("dataset.split_seed", -1, r"split_seed=-1 .* \[0, 4294967295\]"),
+        ("dataset.validation_size", -5, r"validation_size=-5 .* \[0, inf\]"),
+        ("dataset.validation_size", 0, "validation_size is 0.*lam_grid='\\(\\)'"),
+        ("correct.lam_grid", (0.1, 1.5), r"lam_grid=\(0.1, 1.5\) is invalid"),
+        ("correct.lam_grid", (0.1, "0.2"), "lam_grid=.* is invalid"),
+        ("correct.lam_grid", (0.1, 0.1), "repeats a lambda"),
+        ("correct.max_validation_drop", -0.1, r"max_validation_drop=-0.1 .* \[0, 1\]"),
     ],
 )
 def test_bad_values_raise_input_error(field, value, message):
@@ -53,6 +59,22 @@ def test_bad_values_raise_input_error(field, value, message):
         config[section][name] = value
     with pytest.raises(configuration.InputError, match=message):
         configuration.validate_config(config)
+
+
+def test_fixed_lambda_needs_no_validation_split():
+    config = mnist5k.get_config()
+    config.correct.lam_grid = ()
+    config.dataset.validation_size = 0
+    configuration.validate_config(config)
+
+
+def test_config_from_before_lambda_selection_is_accepted():
+    config = mnist5k.get_config()
+    with config.unlocked():
+        del config.correct["lam_grid"]
+        del config.correct["max_validation_drop"]
+        del config.dataset["validation_size"]
+    configuration.validate_config(config)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "beta", "beta_uncentred", "sparse"])

@@ -127,3 +127,51 @@ def test_region_sampler_draws_from_region_gaussians():
     np.testing.assert_allclose(first.mean(0), [5.0, 0.0], atol=0.02)
     np.testing.assert_allclose(second.std(0), [0.2, 0.2], rtol=0.1)
     assert 0.4 < len(first) / 4096 < 0.6
+
+
+def test_select_lambda_takes_the_best_region_accuracy_within_the_drop():
+    index = correct.select_lambda(
+        [0.05, 0.1, 0.2, 0.5],
+        [0.960, 0.958, 0.956, 0.940],
+        [0.60, 0.75, 0.85, 0.95],
+        reference_accuracy=0.960,
+        max_drop=0.005,
+    )
+    # 0.5 has the best region accuracy but drops 2 points; 0.2 drops 0.4.
+    assert index == 2
+
+
+def test_select_lambda_counts_a_drop_of_exactly_max_drop_as_within():
+    index = correct.select_lambda(
+        [0.1, 0.2], [0.95, 0.945], [0.5, 0.9], reference_accuracy=0.95, max_drop=0.005
+    )
+    assert index == 1
+
+
+def test_select_lambda_breaks_ties_towards_the_smaller_lambda():
+    index = correct.select_lambda(
+        [0.5, 0.1, 0.2],
+        [0.95, 0.95, 0.95],
+        [0.9, 0.9, 0.8],
+        reference_accuracy=0.95,
+        max_drop=0.0,
+    )
+    assert index == 1
+
+
+def test_select_lambda_harms_least_when_every_lambda_drops_too_far():
+    index = correct.select_lambda(
+        [0.05, 0.2, 0.5],
+        [0.90, 0.92, 0.91],
+        [0.5, 0.6, 0.9],
+        reference_accuracy=0.96,
+        max_drop=0.005,
+    )
+    assert index == 1
+
+
+def test_select_lambda_rejects_mismatched_or_empty_inputs():
+    with pytest.raises(ValueError, match="one length"):
+        correct.select_lambda([0.1, 0.2], [0.9], [0.5, 0.6], reference_accuracy=0.9, max_drop=0)
+    with pytest.raises(ValueError, match="at least one"):
+        correct.select_lambda([], [], [], reference_accuracy=0.9, max_drop=0)

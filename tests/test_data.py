@@ -586,3 +586,57 @@ def test_npz_text_file_and_complex_images(tmp_path: pathlib.Path) -> None:
     name = _write_npz(tmp_path / "complex.npz", train_images=complex_images)
     with pytest.raises(ValueError, match="complex numbers"):
         data.load_dataset(name)
+
+
+# Validation split
+
+
+def _row_bytes(images: np.ndarray) -> set[bytes]:
+    return {row.tobytes() for row in images.reshape(len(images), -1)}
+
+
+def test_validation_split_is_stratified_and_disjoint_from_train() -> None:
+    whole = data.load_dataset("digits", test_size=360)
+    held = data.load_dataset("digits", test_size=360, validation_size=200)
+    assert len(held.validation_labels) == 200
+    assert len(held.train_labels) == len(whole.train_labels) - 200
+    counts = np.bincount(held.validation_labels, minlength=10)
+    assert counts.min() >= 19 and counts.max() <= 21
+    # Train and validation together are the old train split, with no image in both.
+    train, validation = _row_bytes(held.train_images), _row_bytes(held.validation_images)
+    assert not train & validation
+    assert train | validation == _row_bytes(whole.train_images)
+    np.testing.assert_array_equal(held.test_images, whole.test_images)
+
+
+def test_validation_split_leaves_the_train_size_subsample_unchanged() -> None:
+    kept = data.load_dataset("mnist5k", train_size=1000)
+    held = data.load_dataset("mnist5k", train_size=1000, validation_size=500)
+    np.testing.assert_array_equal(held.train_images, kept.train_images)
+    np.testing.assert_array_equal(held.train_labels, kept.train_labels)
+    assert len(held.validation_labels) == 500
+    assert not _row_bytes(held.train_images) & _row_bytes(held.validation_images)
+
+
+def test_no_validation_split_by_default(mnist5k: data.Dataset) -> None:
+    assert mnist5k.validation_images is None
+    assert data.dataset_summary(mnist5k)["num_validation"] == 0
+
+
+@pytest.mark.parametrize(
+    ("validation_size", "error", "message"),
+    [
+        (5, ValueError, "between 10 .* and 3990"),
+        (3991, ValueError, "validation_size 3991 for mnist5k"),
+        (0.1, TypeError, "expected an int"),
+        (True, TypeError, "expected an int"),
+    ],
+)
+def test_bad_validation_size_raises(validation_size: Any, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        data.load_dataset("mnist5k", validation_size=validation_size)
+
+
+def test_validation_size_beyond_what_train_size_leaves_raises() -> None:
+    with pytest.raises(ValueError, match="and 1000, .* with train_size 3000"):
+        data.load_dataset("mnist5k", train_size=3000, validation_size=1001)

@@ -182,3 +182,48 @@ def test_dataset_configs_validate(name, variant):
     config = cli.load_config(cli.config_path(name), variant)
     configuration.validate_config(config)
     assert config.dataset.name == name
+
+
+def _selection(defuse_lam, baseline_lam):
+    def candidates(accuracies):
+        return [
+            {"lam": lam, "validation_accuracy": acc, "validation_region_accuracy": 0.5 + lam}
+            for lam, acc in zip((0.05, 0.2), accuracies, strict=True)
+        ]
+
+    return {
+        "grid": [0.05, 0.2],
+        "max_validation_drop": 0.005,
+        "before": {"validation_accuracy": 0.95, "validation_region_accuracy": 0.4},
+        "defuse": {"lam": defuse_lam, "candidates": candidates((0.95, 0.93))},
+        "baseline": {"lam": baseline_lam, "candidates": candidates((0.95, 0.95))},
+    }
+
+
+def test_selection_plot_written_only_with_selection(tmp_path):
+    path = str(tmp_path / "lambda_selection.png")
+    assert not table_lib.save_selection_plot(path, [_row("a", 0)])
+    assert not os.path.exists(path)
+    rows = [
+        _row("a", 0, lambda_selection=_selection(0.05, 0.2)),
+        _row("b", 0, lambda_selection=_selection(0.2, 0.05)),
+    ]
+    assert table_lib.save_selection_plot(path, rows)
+    with open(path, "rb") as file:
+        assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_row_figures_keep_the_selection_record():
+    selection = _selection(0.05, 0.2)
+    report = {
+        "correction": {"lam": 0.05, "baseline_lam": 0.2, "lambda_selection": selection},
+    }
+    row = table_lib.row_figures(report)
+    assert row["lam"] == 0.05
+    assert row["baseline_lam"] == 0.2
+    assert row["lam_chosen_on"] == "validation"
+    assert row["lambda_selection"] == selection
+    # A report from before selection used its one lambda for both methods.
+    older = table_lib.row_figures({"correction": {"lam": 0.1}})
+    assert older["baseline_lam"] == 0.1
+    assert older["lam_chosen_on"] == "config"
