@@ -298,6 +298,15 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: Any) ->
             f"{dataset.train_images.shape[1:]} but validation images of shape "
             f"{validation.shape[1:]}; every split needs the same image shape."
         )
+    num_train = len(dataset.train_images)
+    for field in ("classifier.batch_size", "vae.batch_size", "correct.batch_size"):
+        section, name = field.split(".")
+        if config[section][name] > num_train:
+            raise InputError(
+                f"config.{field}={config[section][name]} is larger than the "
+                f"{num_train} training images of {dataset.name!r}; set it to at most "
+                f"{num_train}."
+            )
     if config.correct.get("lam_grid", ()) and (
         getattr(dataset, "validation_labels", None) is None
     ):
@@ -308,15 +317,6 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: Any) ->
             "(config.dataset.validation_size only applies to datasets the pipeline "
             "loads); or set config.correct.lam_grid=() to use config.correct.lam."
         )
-    num_train = len(dataset.train_images)
-    for field in ("classifier.batch_size", "vae.batch_size", "correct.batch_size"):
-        section, name = field.split(".")
-        if config[section][name] > num_train:
-            raise InputError(
-                f"config.{field}={config[section][name]} is larger than the "
-                f"{num_train} training images of {dataset.name!r}; set it to at most "
-                f"{num_train}."
-            )
 
 
 def check_classifier(

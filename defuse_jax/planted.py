@@ -75,6 +75,9 @@ def plant_bug(
 ) -> PlantedBug:
     """Relabel a `fraction` of the lightest `quantile` of `source_class` train images.
 
+    A validation split is held out of the same collected data, so the same fraction
+    of its sub-style images is relabelled too, with the train split's threshold.
+
     Args:
       dataset: The dataset to plant the bug in.
       source_class: The class whose light images form the sub-style.
@@ -134,6 +137,28 @@ def plant_bug(
         ),
         train_labels=new_labels.astype(np.int32),
     )
+    if dataset.validation_labels is not None:
+        # Drawn after the train choice, so the train choice of a seed stays the same
+        # with or without a validation split.
+        validation_labels = np.asarray(dataset.validation_labels)
+        validation_rows = np.nonzero(
+            style_mask(
+                dataset.validation_images,
+                validation_labels,
+                source_class=source_class,
+                threshold=threshold,
+            )
+        )[0]
+        validation_chosen = rng.choice(
+            validation_rows,
+            size=round(fraction * len(validation_rows)),
+            replace=False,
+        )
+        new_validation_labels = validation_labels.copy()
+        new_validation_labels[validation_chosen] = target_class
+        planted = planted._replace(
+            validation_labels=new_validation_labels.astype(np.int32)
+        )
     return PlantedBug(
         dataset=planted,
         true_train_labels=labels,

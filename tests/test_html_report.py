@@ -277,12 +277,42 @@ def test_page_escapes_text(tmp_path):
     assert "&lt;angle brackets&gt; &amp; an ampersand" in page
 
 
+def test_page_lists_lambda_candidates(tmp_path):
+    report = _synthetic_report()
+    candidates = [
+        {"lam": 0.05, "validation_accuracy": 0.96, "validation_region_accuracy": 0.8},
+        {"lam": 0.2, "validation_accuracy": 0.95, "validation_region_accuracy": 0.9},
+    ]
+    report["correction"].update(
+        lam=0.05,
+        baseline_lam=0.2,
+        lambda_selection={
+            "grid": [0.05, 0.2],
+            "max_validation_drop": 0.005,
+            "rule": "The rule.",
+            "validation_size": 500,
+            "validation_region_size": 200,
+            "before": {"validation_accuracy": 0.96, "validation_region_accuracy": 0.4},
+            "defuse": {"lam": 0.05, "candidates": candidates},
+            "baseline": {"lam": 0.2, "candidates": candidates},
+        },
+    )
+    page = _write_workdir(tmp_path, report).read_text(encoding="utf-8")
+    assert "Defuse (lambda = 0.05)" in page
+    assert "Fine-tuned on flips (baseline, lambda = 0.2)" in page
+    assert "on 500 validation images and 200 validation samples" in page
+    assert "Defuse chose 0.05 (0.05: 96.0% / 80.0%, 0.2: 95.0% / 90.0%)." in page
+    assert "Baseline chose 0.2" in page
+
+
 def test_page_shows_accuracy_table(tmp_path):
     page = _write_workdir(tmp_path, _synthetic_report()).read_text(encoding="utf-8")
     for title, test_accuracy, region_accuracy in (
         ("Before correction", "96.1%", "25.0%"),
         ("Defuse (lambda = 0.1)", "95.8%", "87.5%"),
-        ("Fine-tuned on flips (baseline)", "95.0%", "50.0%"),
+        # Without baseline_lam (reports from before lambda selection) the baseline
+        # used the same lambda.
+        ("Fine-tuned on flips (baseline, lambda = 0.1)", "95.0%", "50.0%"),
     ):
         row = (
             f'<tr><td>{title}</td><td class="number">{test_accuracy}</td>'

@@ -101,7 +101,7 @@ def test_changing_the_drop_reuses_every_candidate(selected_run, tmp_path, caplog
     assert report["correction"]["before"] == again["correction"]["before"]
 
 
-def test_a_given_dataset_without_validation_split_is_refused(tmp_path):
+def test_pipeline_rejects_dataset_without_validation(tmp_path):
     dataset = data.load_dataset("mnist5k")
     with pytest.raises(configuration.InputError, match="has none.*lam_grid=\\(\\)"):
         pipeline.run(_config(), str(tmp_path / "run"), dataset=dataset)

@@ -65,6 +65,29 @@ def test_plant_bug_seed_and_control():
     assert control.style.sum() == first.style.sum()
 
 
+def test_plant_bug_relabels_validation_split_too():
+    dataset = _dataset()
+    with_validation = dataset._replace(
+        validation_images=dataset.train_images[::2],
+        validation_labels=dataset.train_labels[::2],
+    )
+    plain = planted.plant_bug(dataset, source_class=1, target_class=2, seed=3)
+    bug = planted.plant_bug(with_validation, source_class=1, target_class=2, seed=3)
+    # The train choice does not depend on the validation split.
+    np.testing.assert_array_equal(bug.dataset.train_labels, plain.dataset.train_labels)
+    style = planted.style_mask(
+        with_validation.validation_images,
+        with_validation.validation_labels,
+        source_class=1,
+        threshold=bug.threshold,
+    )
+    changed = bug.dataset.validation_labels != with_validation.validation_labels
+    assert changed.sum() == round(0.5 * style.sum())
+    assert changed.sum() > 0
+    assert np.all(style[changed])
+    assert np.all(bug.dataset.validation_labels[changed] == 2)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
