@@ -149,10 +149,11 @@ def distill_correct_report(
         ) as summary:
             # The labels and decisions decide correction, not the annotate config, so
             # two annotators that agree share one correction.
+            decisions = getattr(annotation, "decision", annotation.accepted).tolist()
             correct_parts = [
                 regions_fingerprint,
                 annotation.label.tolist(),
-                getattr(annotation, "decision", annotation.accepted).tolist(),
+                decisions,
                 config.correct,
             ]
             # The validation split decides which candidate becomes the final params.
@@ -170,7 +171,6 @@ def distill_correct_report(
                 name: config.correct[name]
                 for name in ("num_steps", "batch_size", "extra_batch_size", "learning_rate")
             }
-            decisions = getattr(annotation, "decision", annotation.accepted).tolist()
             outputs["correction"], corrected_params = _correct(
                 run,
                 regions,

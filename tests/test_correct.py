@@ -129,7 +129,7 @@ def test_region_sampler_draws_from_region_gaussians():
     assert 0.4 < len(first) / 4096 < 0.6
 
 
-def test_select_lambda_takes_the_best_region_accuracy_within_the_drop():
+def test_select_lambda_best_within_drop():
     index = correct.select_lambda(
         [0.05, 0.1, 0.2, 0.5],
         [0.960, 0.958, 0.956, 0.940],
@@ -141,14 +141,14 @@ def test_select_lambda_takes_the_best_region_accuracy_within_the_drop():
     assert index == 2
 
 
-def test_select_lambda_counts_a_drop_of_exactly_max_drop_as_within():
+def test_select_lambda_exact_drop_is_within():
     index = correct.select_lambda(
         [0.1, 0.2], [0.95, 0.945], [0.5, 0.9], reference_accuracy=0.95, max_drop=0.005
     )
     assert index == 1
 
 
-def test_select_lambda_breaks_ties_towards_the_smaller_lambda():
+def test_select_lambda_tie_takes_smaller():
     index = correct.select_lambda(
         [0.5, 0.1, 0.2],
         [0.95, 0.95, 0.95],
@@ -159,7 +159,7 @@ def test_select_lambda_breaks_ties_towards_the_smaller_lambda():
     assert index == 1
 
 
-def test_select_lambda_harms_least_when_every_lambda_drops_too_far():
+def test_select_lambda_none_within_drop():
     index = correct.select_lambda(
         [0.05, 0.2, 0.5],
         [0.90, 0.92, 0.91],
@@ -170,7 +170,7 @@ def test_select_lambda_harms_least_when_every_lambda_drops_too_far():
     assert index == 1
 
 
-def test_select_lambda_rejects_mismatched_or_empty_inputs():
+def test_select_lambda_bad_inputs():
     with pytest.raises(ValueError, match="one length"):
         correct.select_lambda([0.1, 0.2], [0.9], [0.5, 0.6], reference_accuracy=0.9, max_drop=0)
     with pytest.raises(ValueError, match="at least one"):

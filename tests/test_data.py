@@ -595,27 +595,29 @@ def _row_bytes(images: np.ndarray) -> set[bytes]:
     return {row.tobytes() for row in images.reshape(len(images), -1)}
 
 
-def test_validation_split_is_stratified_and_disjoint_from_train() -> None:
+def test_validation_split_stratified_and_disjoint() -> None:
     whole = data.load_dataset("digits", test_size=360)
-    held = data.load_dataset("digits", test_size=360, validation_size=200)
-    assert len(held.validation_labels) == 200
-    assert len(held.train_labels) == len(whole.train_labels) - 200
-    counts = np.bincount(held.validation_labels, minlength=10)
-    assert counts.min() >= 19 and counts.max() <= 21
+    with_validation = data.load_dataset("digits", test_size=360, validation_size=200)
+    assert len(with_validation.validation_labels) == 200
+    assert len(with_validation.train_labels) == len(whole.train_labels) - 200
+    counts = np.bincount(with_validation.validation_labels, minlength=10)
+    assert counts.min() >= 19
+    assert counts.max() <= 21
     # Train and validation together are the old train split, with no image in both.
-    train, validation = _row_bytes(held.train_images), _row_bytes(held.validation_images)
+    train = _row_bytes(with_validation.train_images)
+    validation = _row_bytes(with_validation.validation_images)
     assert not train & validation
     assert train | validation == _row_bytes(whole.train_images)
-    np.testing.assert_array_equal(held.test_images, whole.test_images)
+    np.testing.assert_array_equal(with_validation.test_images, whole.test_images)
 
 
-def test_validation_split_leaves_the_train_size_subsample_unchanged() -> None:
-    kept = data.load_dataset("mnist5k", train_size=1000)
-    held = data.load_dataset("mnist5k", train_size=1000, validation_size=500)
-    np.testing.assert_array_equal(held.train_images, kept.train_images)
-    np.testing.assert_array_equal(held.train_labels, kept.train_labels)
-    assert len(held.validation_labels) == 500
-    assert not _row_bytes(held.train_images) & _row_bytes(held.validation_images)
+def test_validation_split_keeps_train_subsample() -> None:
+    subsample = data.load_dataset("mnist5k", train_size=1000)
+    with_validation = data.load_dataset("mnist5k", train_size=1000, validation_size=500)
+    np.testing.assert_array_equal(with_validation.train_images, subsample.train_images)
+    np.testing.assert_array_equal(with_validation.train_labels, subsample.train_labels)
+    assert len(with_validation.validation_labels) == 500
+    assert not _row_bytes(with_validation.train_images) & _row_bytes(with_validation.validation_images)
 
 
 def test_no_validation_split_by_default(mnist5k: data.Dataset) -> None:

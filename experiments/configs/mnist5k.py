@@ -162,11 +162,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.correct = ml_collections.ConfigDict()
     # lambda: loss = (1 - lam) * CE(original batch) + lam * CE(region batch).
-    # With a non-empty lam_grid, correction fine-tunes once per lambda of the grid,
-    # for Defuse and for the baseline alike, and each method keeps the lambda with
-    # the best accuracy on validation samples of the corrected regions among those
-    # that lower validation accuracy by at most max_validation_drop (a fraction).
-    # No test figure takes part. An empty grid uses `lam` for both methods.
+    # With a non-empty lam_grid, Defuse and the baseline each fine-tune once per
+    # lambda of the grid. Each method keeps the lambda with the best accuracy on
+    # validation samples of the corrected regions, among those that lower validation
+    # accuracy by at most max_validation_drop (a fraction). No test figure takes
+    # part. An empty grid uses `lam` for both methods.
     config.correct.lam_grid = (0.05, 0.1, 0.2, 0.5)
     config.correct.max_validation_drop = 0.005
     config.correct.lam = 0.05
