@@ -4,7 +4,9 @@ The loss of one step is `(1 - lam) * CE(original batch) + lam * CE(extra batch)`
 Defuse the extra batch is drawn fresh every step from the annotated regions,
 N(mean, tau * covariance), decoded by the VAE and labelled with the region's label. The
 baseline instead draws its extra batch from the decoded flips, each with its source
-label. Both start from the audited classifier's parameters.
+label. Both start from the audited classifier's parameters. `select_lambda` chooses
+each method's lambda on validation figures, and `match_lambda` the baseline's lambda at
+an equal fix.
 """
 
 from __future__ import annotations
@@ -219,4 +221,46 @@ def select_lambda(
     else:
         best = region_accuracy[eligible].max()
         candidates = np.flatnonzero(eligible & (region_accuracy == best))
+    return int(candidates[np.argmin(lams[candidates])])
+
+
+def match_lambda(
+    lams: Any,
+    validation_accuracy: Any,
+    validation_region_accuracy: Any,
+    *,
+    target_region_accuracy: float,
+) -> int:
+    """Index of the cheapest lambda that fixes as much as a target, on validation.
+
+    This gives a second method the lambda at which it fixes the regions as well as
+    the first one does, so that the two can be compared on what the fix costs. Among
+    the lambdas whose validation region accuracy reaches `target_region_accuracy`,
+    take the one with the highest validation accuracy, and the smallest lambda on a
+    tie. When none reaches it, take the one with the highest validation region
+    accuracy (the smallest lambda on a tie): the closest the method gets.
+
+    Args:
+        lams: [G] candidate lambdas.
+        validation_accuracy: [G] validation accuracy after correction with each.
+        validation_region_accuracy: [G] validation region accuracy with each.
+        target_region_accuracy: The validation region accuracy to reach, such as
+            the one Defuse reached with its chosen lambda.
+    """
+    lams = np.asarray(lams, dtype=np.float64)
+    accuracy = np.asarray(validation_accuracy, dtype=np.float64)
+    region_accuracy = np.asarray(validation_region_accuracy, dtype=np.float64)
+    if not (lams.ndim == 1 and lams.shape == accuracy.shape == region_accuracy.shape):
+        raise ValueError(
+            f"match_lambda needs three 1-D arrays of one length; got shapes "
+            f"{lams.shape}, {accuracy.shape} and {region_accuracy.shape}."
+        )
+    if lams.size == 0:
+        raise ValueError("match_lambda needs at least one candidate lambda.")
+    reaches = region_accuracy >= target_region_accuracy - 1e-9
+    if reaches.any():
+        best = accuracy[reaches].max()
+        candidates = np.flatnonzero(reaches & (accuracy == best))
+    else:
+        candidates = np.flatnonzero(region_accuracy == region_accuracy.max())
     return int(candidates[np.argmin(lams[candidates])])

@@ -262,6 +262,11 @@ class _Page:
                 f"{correction.get('baseline_lam', correction.get('lam'))})",
                 "finetune_on_flips_baseline",
             ),
+            (
+                "Fine-tuned on flips at Defuse's fix (baseline, lambda = "
+                f"{correction.get('baseline_matched_lam')})",
+                "finetune_on_flips_matched",
+            ),
         )
         rows = []
         for title, key in models:
@@ -440,6 +445,7 @@ class _Page:
             ("before", "before"),
             ("Defuse", "defuse"),
             ("baseline", "finetune_on_flips_baseline"),
+            ("baseline at Defuse's fix", "finetune_on_flips_matched"),
         ):
             per_region = (self.correction_data.get(key) or {}).get(
                 "region_test_accuracy_per_region", {}
@@ -628,6 +634,13 @@ def _lambda_selection_note(selection: dict[str, Any] | None) -> str:
             for row in record.get("candidates", [])
         )
         lines.append(f"{title} chose {record.get('lam')} ({cells}).")
+    matched = selection.get("baseline_matched")
+    if matched:
+        lines.append(
+            f"At Defuse's fix ({_percent(matched.get('target_region_accuracy'))} "
+            f"validation region accuracy) the baseline takes {matched.get('lam')}"
+            + ("." if matched.get("reaches_target") else ", the closest it gets.")
+        )
     before = selection.get("before", {})
     text = (
         f"Lambda was chosen per method from {selection.get('grid')} on "

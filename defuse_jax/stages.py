@@ -701,11 +701,12 @@ def _correct(
             fingerprints,
         )
         lams = {name: float(grid[index]) for name, (index, _) in chosen.items()}
+        matched_params = chosen["baseline_matched"][1]
 
         def final_params(name: str):
             return lambda progress: chosen[name][1]
     else:
-        selection = None
+        selection, matched_params = None, None
         lams = {"defuse": float(config.lam), "baseline": float(config.lam)}
 
         def final_params(name: str):
@@ -757,7 +758,23 @@ def _correct(
     }
     if selection is not None:
         result["lambda_selection"] = selection
-    for name in ("before", "defuse", "finetune_on_flips_baseline"):
+        result["baseline_matched_lam"] = lams["baseline_matched"]
+        result["matched_note"] = (
+            "finetune_on_flips_matched is the baseline at the lambda of the grid where "
+            "its validation region accuracy reaches Defuse's (or comes closest), so "
+            "that test accuracy compares the cost of an equal fix."
+        )
+        result["finetune_on_flips_matched"] = _evaluate(
+            run, matched_params, region_images, region_labels, region_rows, region_ids
+        )
+    for name in (
+        "before",
+        "defuse",
+        "finetune_on_flips_baseline",
+        "finetune_on_flips_matched",
+    ):
+        if name not in result:
+            continue
         logging.info(
             "Correction %s: test accuracy %.4f, region test accuracy %.4f.",
             name,
@@ -781,9 +798,10 @@ def _select_lambdas(
 
     Each method gets its own lambda by the rule of `correct.select_lambda`, applied
     to the validation split and to validation samples of the corrected regions (a
-    key other than the test samples'). No test figure is read. Returns the
-    selection record for report.json and, per method, the chosen grid index and
-    params.
+    key other than the test samples'). The baseline also gets the lambda of
+    `correct.match_lambda` at Defuse's validation region accuracy ("baseline_matched").
+    No test figure is read. Returns the selection record for report.json and, per
+    method and for "baseline_matched", the chosen grid index and params.
     """
     dataset = run.dataset
     max_drop = float(run.config.correct.max_validation_drop)
@@ -819,6 +837,7 @@ def _select_lambdas(
         "before": before,
     }
     chosen: dict[str, tuple[int, Any]] = {}
+    candidates: dict[str, tuple[list[dict[str, float]], list[Any]]] = {}
     for name, fine_tune in fine_tunes.items():
         rows, all_params = [], []
         for lam in grid:
@@ -868,4 +887,36 @@ def _select_lambdas(
             "candidates": rows,
         }
         chosen[name] = (index, all_params[index])
+        candidates[name] = (rows, all_params)
+    # The baseline again, at the lambda where it fixes as much as Defuse does on
+    # validation: the two can then be compared on what the fix costs.
+    rows, all_params = candidates["baseline"]
+    target = selection["defuse"]["candidates"][chosen["defuse"][0]][
+        "validation_region_accuracy"
+    ]
+    index = correct.match_lambda(
+        grid,
+        [row["validation_accuracy"] for row in rows],
+        [row["validation_region_accuracy"] for row in rows],
+        target_region_accuracy=target,
+    )
+    reaches = rows[index]["validation_region_accuracy"] >= target - 1e-9
+    logging.info(
+        "Lambda selection, baseline matched to Defuse's validation region accuracy "
+        "%.4f: chose lambda %g (%s).",
+        target,
+        grid[index],
+        "it reaches it" if reaches else "no lambda of the grid reaches it; the closest",
+    )
+    selection["baseline_matched"] = {
+        "lam": grid[index],
+        "target_region_accuracy": target,
+        "reaches_target": bool(reaches),
+        "rule": (
+            "The baseline's lambda with the highest validation accuracy among those "
+            "whose validation region accuracy reaches Defuse's at its chosen lambda; "
+            "if none does, the one with the highest validation region accuracy."
+        ),
+    }
+    chosen["baseline_matched"] = (index, all_params[index])
     return selection, chosen

@@ -13,7 +13,10 @@ runs of this command only.
 Writes to --out, after every run:
     table.json   per run: the figures of its report.json that the table uses
     table.md     mean and sample standard deviation over seeds, per dataset, then
-                 one row per run, then the checks of the correction claim
+                 one row per run; the same for the baseline at Defuse's fix (where
+                 lambda was chosen on validation); then the checks of the
+                 correction claim
+    lambda_selection.png   each run's lambda candidates on validation
 """
 
 import os

@@ -26,10 +26,17 @@ _FIGURES = (
     ("test_before", ("correction", "before", "test_accuracy")),
     ("test_defuse", ("correction", "defuse", "test_accuracy")),
     ("test_baseline", ("correction", "finetune_on_flips_baseline", "test_accuracy")),
+    ("matched_lam", ("correction", "baseline_matched_lam")),
+    (
+        "region_matched",
+        ("correction", "finetune_on_flips_matched", "region_test_accuracy"),
+    ),
+    ("test_matched", ("correction", "finetune_on_flips_matched", "test_accuracy")),
 )
 
 # The claim checked per dataset: Defuse raises region test accuracy by at least this
-# many points, moves test accuracy by at most this many, and ends above the baseline.
+# many points, moves test accuracy by at most this many, and ends above the baseline
+# (at an equal fix where the runs chose lambda on validation).
 MIN_REGION_GAIN_POINTS = 30.0
 MAX_TEST_CHANGE_POINTS = 1.0
 
@@ -49,6 +56,9 @@ def row_figures(outputs: dict[str, Any]) -> dict[str, Any]:
     row["lam_chosen_on"] = "validation" if selection else "config"
     if selection:
         row["lambda_selection"] = selection
+        matched = selection.get("baseline_matched")
+        if matched:
+            row["matched_reaches_target"] = bool(matched["reaches_target"])
     row["flips_per_image"] = row["num_flips"] / max(row["searched_images"], 1.0)
     row["regions"] = float(outputs.get("distill", {}).get("num_regions", 0))
     row["regions_corrected"] = float(outputs.get("annotation", {}).get("accepted", 0))
@@ -138,6 +148,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines += ["", "Per run:", "", header.format(seeds="seed").rstrip("\n")]
     for row in rows:
         lines.append(_table_line(row["dataset"], [row], str(row["seed"])))
+    lines += _matched_tables(rows, datasets)
     lines += ["", "Checks of the correction claim (points are percentage points):", ""]
     for name in datasets:
         lines.append(
@@ -146,10 +157,65 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _lam_list(group: list[dict[str, Any]], key: str) -> str:
+    lams = sorted({r[key] for r in group if not math.isnan(r.get(key, math.nan))})
+    return ", ".join(f"{lam:g}" for lam in lams) or "n/a"
+
+
+def _has_matched(row: dict[str, Any]) -> bool:
+    return not math.isnan(row.get("test_matched", math.nan))
+
+
+def _matched_tables(rows: list[dict[str, Any]], datasets: list[str]) -> list[str]:
+    """Return the table of the baseline at Defuse's fix; empty when no run has it."""
+    matched_rows = [row for row in rows if _has_matched(row)]
+    if not matched_rows:
+        return []
+    header = (
+        "| dataset | {seeds} | region test acc., Defuse (%) | region test acc., "
+        "finetune on flips at Defuse's fix (%) | test acc., Defuse (%) | test acc., "
+        "finetune on flips at Defuse's fix (%) | lambda, Defuse / baseline | baseline "
+        "reaches Defuse's fix on validation |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+
+    def line(name: str, group: list[dict[str, Any]], seeds: str) -> str:
+        reached = sum(bool(r.get("matched_reaches_target")) for r in group)
+        cells = [
+            name,
+            seeds,
+            _change(group, "region_before", "region_defuse"),
+            _change(group, "region_before", "region_matched"),
+            _change(group, "test_before", "test_defuse"),
+            _change(group, "test_before", "test_matched"),
+            f"{_lam_list(group, 'lam')} / {_lam_list(group, 'matched_lam')}",
+            f"{reached} of {len(group)}",
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+    lines = [
+        "",
+        "The same comparison at an equal fix. Here the baseline takes the lambda of "
+        "the grid at which its validation region accuracy reaches Defuse's at "
+        "Defuse's chosen lambda, or, where none does, the lambda that comes closest. "
+        "Test accuracy then compares what an equal fix costs. Both lambdas are chosen "
+        "on the validation split.",
+        "",
+        header.format(seeds="seeds"),
+    ]
+    for name in datasets:
+        group = [row for row in matched_rows if row["dataset"] == name]
+        if group:
+            lines.append(line(name, group, str(len(group))))
+    lines += ["", "Per run:", "", header.format(seeds="seed")]
+    for row in matched_rows:
+        lines.append(line(row["dataset"], [row], str(row["seed"])))
+    return lines
+
+
 def _table_line(name: str, group: list[dict[str, Any]], seeds: str) -> str:
     def lam_list(key: str) -> str:
-        lams = sorted({r[key] for r in group if not math.isnan(r[key])})
-        return ", ".join(f"{lam:g}" for lam in lams) or "n/a"
+        return _lam_list(group, key)
 
     # A single run has whole region counts; a mean over seeds keeps one decimal.
     count_digits = 0 if len(group) == 1 else 1
@@ -185,8 +251,13 @@ def check_claim(group: list[dict[str, Any]]) -> str:
 
     region_gain = mean("region_defuse") - mean("region_before")
     test_change = mean("test_defuse") - mean("test_before")
-    over_baseline = mean("test_defuse") - mean("test_baseline")
-    seeds_above = sum(r["test_defuse"] > r["test_baseline"] for r in group)
+    # With lambda selection, the baseline is compared at an equal fix; without it,
+    # both methods used the one lambda of the config.
+    matched = all(_has_matched(r) for r in group)
+    baseline = "test_matched" if matched else "test_baseline"
+    over_baseline = mean("test_defuse") - mean(baseline)
+    seeds_above = sum(r["test_defuse"] > r[baseline] for r in group)
+    compared = "the baseline's at Defuse's fix" if matched else "the baseline's"
     parts = [
         (
             f"region test accuracy {region_gain:+.1f} points "
@@ -199,11 +270,19 @@ def check_claim(group: list[dict[str, Any]]) -> str:
             f"within {MAX_TEST_CHANGE_POINTS:g})"
         ),
         (
-            f"Defuse test accuracy minus the baseline's {over_baseline:+.1f} points "
+            f"Defuse test accuracy minus {compared} {over_baseline:+.1f} points "
             f"({'holds' if over_baseline > 0 else 'fails'}: above 0; Defuse is above in "
             f"{seeds_above} of {len(group)} seeds)"
         ),
     ]
+    if matched:
+        own = mean("test_defuse") - mean("test_baseline")
+        region_own = mean("region_defuse") - mean("region_baseline")
+        parts.append(
+            f"Defuse minus the baseline at its own lambda (the same validation drop "
+            f"allowed): test accuracy {own:+.1f} points, region test accuracy "
+            f"{region_own:+.1f} points"
+        )
     if skipped:
         parts.append(f"{skipped} more runs corrected nothing and are left out")
     return "; ".join(parts) + "."
@@ -215,7 +294,8 @@ def save_selection_plot(path: str, rows: list[dict[str, Any]]) -> bool:
     One column per dataset. The top panel gives the change in validation accuracy
     from the audited classifier, the bottom one validation region accuracy, both
     against lambda, for Defuse (solid) and the baseline (dashed), one line per seed.
-    A star marks the lambda each method chose.
+    A star marks the lambda each method chose, and an open square the baseline's
+    lambda at Defuse's fix.
     """
     chosen_rows = [row for row in rows if row.get("lambda_selection")]
     if not chosen_rows:
@@ -257,6 +337,18 @@ def save_selection_plot(path: str, rows: list[dict[str, Any]]) -> bool:
                     axis.plot(
                         lams[pick], values[pick], "*", color=color, markersize=13
                     )
+                matched = selection.get("baseline_matched")
+                if method == "baseline" and matched:
+                    pick = lams.index(matched["lam"])
+                    for axis, values in ((top, drop), (bottom, region)):
+                        axis.plot(
+                            lams[pick],
+                            values[pick],
+                            "s",
+                            markerfacecolor="none",
+                            color=color,
+                            markersize=11,
+                        )
             bottom.axhline(
                 100 * before["validation_region_accuracy"],
                 color=color,
@@ -269,7 +361,9 @@ def save_selection_plot(path: str, rows: list[dict[str, Any]]) -> bool:
         bottom.set_title(
             f"{name}: validation region accuracy (%); dotted: before", fontsize=9
         )
-        bottom.set_xlabel("lambda (log scale); star: chosen")
+        bottom.set_xlabel(
+            "lambda (log scale); star: chosen; square: baseline at Defuse's fix"
+        )
         grid = group[0]["lambda_selection"]["grid"]
         for axis in (top, bottom):
             axis.set_xscale("log")

@@ -175,3 +175,39 @@ def test_select_lambda_bad_inputs():
         correct.select_lambda([0.1, 0.2], [0.9], [0.5, 0.6], reference_accuracy=0.9, max_drop=0)
     with pytest.raises(ValueError, match="at least one"):
         correct.select_lambda([], [], [], reference_accuracy=0.9, max_drop=0)
+
+
+def test_match_lambda_cheapest_that_reaches_the_target():
+    index = correct.match_lambda(
+        [0.05, 0.1, 0.2, 0.5],
+        [0.960, 0.950, 0.955, 0.940],
+        [0.60, 0.85, 0.90, 0.95],
+        target_region_accuracy=0.85,
+    )
+    # 0.1, 0.2 and 0.5 reach 0.85; 0.2 keeps the most validation accuracy.
+    assert index == 2
+
+
+def test_match_lambda_exact_target_and_tie():
+    index = correct.match_lambda(
+        [0.5, 0.2, 0.1], [0.95, 0.95, 0.95], [0.9, 0.9, 0.8], target_region_accuracy=0.9
+    )
+    assert index == 1
+
+
+def test_match_lambda_closest_when_none_reaches():
+    index = correct.match_lambda(
+        [0.05, 0.2, 0.5],
+        [0.96, 0.95, 0.93],
+        [0.50, 0.62, 0.61],
+        target_region_accuracy=0.9,
+    )
+    # Nothing reaches 0.9; 0.2 comes closest, though 0.05 keeps more accuracy.
+    assert index == 1
+
+
+def test_match_lambda_bad_inputs():
+    with pytest.raises(ValueError, match="one length"):
+        correct.match_lambda([0.1, 0.2], [0.9, 0.9], [0.5], target_region_accuracy=0.5)
+    with pytest.raises(ValueError, match="at least one"):
+        correct.match_lambda([], [], [], target_region_accuracy=0.5)

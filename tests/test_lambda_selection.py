@@ -52,6 +52,37 @@ def test_each_method_records_the_lambda_the_rule_picks(selected_run):
         assert selection[name]["lam"] == correction[lam_key] == GRID[index]
 
 
+def test_baseline_matched_to_defuse_fix(selected_run):
+    _, report = selected_run
+    correction = report["correction"]
+    selection = correction["lambda_selection"]
+    defuse = selection["defuse"]
+    target = next(
+        row["validation_region_accuracy"]
+        for row in defuse["candidates"]
+        if row["lam"] == defuse["lam"]
+    )
+    candidates = selection["baseline"]["candidates"]
+    index = correct.match_lambda(
+        GRID,
+        [row["validation_accuracy"] for row in candidates],
+        [row["validation_region_accuracy"] for row in candidates],
+        target_region_accuracy=target,
+    )
+    matched = selection["baseline_matched"]
+    assert matched["target_region_accuracy"] == target
+    assert matched["lam"] == correction["baseline_matched_lam"] == GRID[index]
+    assert matched["reaches_target"] == (
+        candidates[index]["validation_region_accuracy"] >= target
+    )
+    # Scored like the other classifiers, on the same test images and region samples.
+    figures = correction["finetune_on_flips_matched"]
+    assert set(figures) == set(correction["defuse"])
+    assert 0.0 <= figures["test_accuracy"] <= 1.0
+    if matched["lam"] == correction["baseline_lam"]:
+        assert figures == correction["finetune_on_flips_baseline"]
+
+
 def test_final_params_are_the_chosen_candidates(selected_run):
     workdir, report = selected_run
     selection = report["correction"]["lambda_selection"]

@@ -72,6 +72,25 @@ def test_claim_check_failing_parts():
     assert "baseline's -1.0 points (fails" in fails
 
 
+def test_matched_baseline_table_and_claim():
+    matched = {"matched_lam": 0.5, "region_matched": 0.6, "test_matched": 0.89}
+    rows = [
+        _row("a", 0, test_baseline=0.91, matched_reaches_target=False, **matched),
+        _row("a", 1, test_baseline=0.91, matched_reaches_target=True, **matched),
+    ]
+    text = table_lib.markdown_table(rows)
+    assert "finetune on flips at Defuse's fix (%)" in text
+    assert "| a | 2 | 40.0 ± 0.0 → 80.0 ± 0.0 | 40.0 ± 0.0 → 60.0 ± 0.0 |" in text
+    assert "| 0.05 / 0.5 | 1 of 2 |" in text
+    assert "| a | 1 | 40.0 → 80.0 | 40.0 → 60.0 | 90.0 → 90.5 | 90.0 → 89.0 |" in text
+    # The claim compares at an equal fix, and still states the other comparison.
+    claim = table_lib.check_claim(rows)
+    assert "the baseline's at Defuse's fix +1.5 points (holds" in claim
+    assert "at its own lambda (the same validation drop allowed): test accuracy -0.5" in claim
+    # Without matched figures the table has no second part.
+    assert "at Defuse's fix" not in table_lib.markdown_table([_row("a", 0)])
+
+
 def test_row_figures_without_correction():
     report = {
         "classifier_test_accuracy": 0.95,
@@ -197,6 +216,7 @@ def _selection(defuse_lam, baseline_lam):
         "before": {"validation_accuracy": 0.95, "validation_region_accuracy": 0.4},
         "defuse": {"lam": defuse_lam, "candidates": candidates((0.95, 0.93))},
         "baseline": {"lam": baseline_lam, "candidates": candidates((0.95, 0.95))},
+        "baseline_matched": {"lam": 0.2, "reaches_target": True},
     }
 
 
@@ -223,6 +243,20 @@ def test_row_figures_keep_the_selection_record():
     assert row["baseline_lam"] == 0.2
     assert row["lam_chosen_on"] == "validation"
     assert row["lambda_selection"] == selection
+    assert math.isnan(row["test_matched"])
+    selection["baseline_matched"] = {"lam": 0.2, "reaches_target": False}
+    report["correction"]["baseline_matched_lam"] = 0.2
+    report["correction"]["finetune_on_flips_matched"] = {
+        "test_accuracy": 0.9,
+        "region_test_accuracy": 0.5,
+    }
+    row = table_lib.row_figures(report)
+    assert (row["matched_lam"], row["test_matched"], row["region_matched"]) == (
+        0.2,
+        0.9,
+        0.5,
+    )
+    assert row["matched_reaches_target"] is False
     # A report from before selection used its one lambda for both methods.
     older = table_lib.row_figures({"correction": {"lam": 0.1}})
     assert older["baseline_lam"] == 0.1
