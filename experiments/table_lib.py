@@ -361,9 +361,7 @@ def save_selection_plot(path: str, rows: list[dict[str, Any]]) -> bool:
         bottom.set_title(
             f"{name}: validation region accuracy (%); dotted: before", fontsize=9
         )
-        bottom.set_xlabel(
-            "lambda (log scale); star: chosen; square: baseline at Defuse's fix"
-        )
+        bottom.set_xlabel("lambda (log scale)")
         grid = group[0]["lambda_selection"]["grid"]
         for axis in (top, bottom):
             axis.set_xscale("log")
@@ -372,7 +370,8 @@ def save_selection_plot(path: str, rows: list[dict[str, Any]]) -> bool:
         bottom.set_xticks(grid, [f"{lam:g}" for lam in grid])
         top.legend(fontsize=6, handlelength=3)
     figure.suptitle(
-        "Lambda candidates on validation; black dotted line: largest drop allowed",
+        "Lambda candidates on validation; black dotted line: largest drop allowed\n"
+        "Star: the lambda each method chose; open square: the baseline at Defuse's fix",
         fontsize=9,
     )
     figure.tight_layout()
