@@ -295,11 +295,31 @@ def test_page_lists_lambda_candidates(tmp_path):
             "before": {"validation_accuracy": 0.96, "validation_region_accuracy": 0.4},
             "defuse": {"lam": 0.05, "candidates": candidates},
             "baseline": {"lam": 0.2, "candidates": candidates},
+            "baseline_matched": {
+                "lam": 0.2,
+                "target_region_accuracy": 0.95,
+                "reaches_target": False,
+            },
+        },
+        baseline_matched_lam=0.2,
+        finetune_on_flips_matched={
+            "test_accuracy": 0.9402,
+            "region_test_accuracy": 0.625,
+            "region_test_accuracy_per_region": {"0": 0.625},
         },
     )
     page = _write_workdir(tmp_path, report).read_text(encoding="utf-8")
     assert "Defuse (lambda = 0.05)" in page
     assert "Fine-tuned on flips (baseline, lambda = 0.2)" in page
+    assert (
+        "<tr><td>Fine-tuned on flips at Defuse&#x27;s fix (baseline, lambda = 0.2)"
+        '</td><td class="number">94.0%</td><td class="number">62.5%</td></tr>'
+    ) in page
+    assert "baseline at Defuse&#x27;s fix 62.5%" in page
+    assert (
+        "At Defuse&#x27;s fix (95.0% validation region accuracy) the baseline takes "
+        "0.2, the closest it gets."
+    ) in page
     assert "on 500 validation images and 200 validation samples" in page
     assert "Defuse chose 0.05 (0.05: 96.0% / 80.0%, 0.2: 95.0% / 90.0%)." in page
     assert "Baseline chose 0.2" in page
