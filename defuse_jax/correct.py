@@ -181,6 +181,25 @@ def fine_tune(
     return state.params
 
 
+def _candidate_arrays(
+    caller: str, lams: Any, accuracy: Any, region_accuracy: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the candidates' figures as float64 arrays, checked for one length."""
+    arrays = tuple(
+        np.asarray(values, dtype=np.float64)
+        for values in (lams, accuracy, region_accuracy)
+    )
+    shapes = [array.shape for array in arrays]
+    if not (arrays[0].ndim == 1 and shapes[0] == shapes[1] == shapes[2]):
+        raise ValueError(
+            f"{caller} needs three 1-D arrays of one length; got shapes "
+            f"{shapes[0]}, {shapes[1]} and {shapes[2]}."
+        )
+    if arrays[0].size == 0:
+        raise ValueError(f"{caller} needs at least one candidate lambda.")
+    return arrays
+
+
 def select_lambda(
     lams: Any,
     validation_accuracy: Any,
@@ -204,16 +223,9 @@ def select_lambda(
         reference_accuracy: Validation accuracy of the audited classifier.
         max_drop: Largest drop in validation accuracy allowed, as a fraction.
     """
-    lams = np.asarray(lams, dtype=np.float64)
-    accuracy = np.asarray(validation_accuracy, dtype=np.float64)
-    region_accuracy = np.asarray(validation_region_accuracy, dtype=np.float64)
-    if not (lams.ndim == 1 and lams.shape == accuracy.shape == region_accuracy.shape):
-        raise ValueError(
-            f"select_lambda needs three 1-D arrays of one length; got shapes "
-            f"{lams.shape}, {accuracy.shape} and {region_accuracy.shape}."
-        )
-    if lams.size == 0:
-        raise ValueError("select_lambda needs at least one candidate lambda.")
+    lams, accuracy, region_accuracy = _candidate_arrays(
+        "select_lambda", lams, validation_accuracy, validation_region_accuracy
+    )
     # A small tolerance, so that a drop of exactly max_drop counts as within it.
     eligible = accuracy >= reference_accuracy - max_drop - 1e-9
     if not eligible.any():
@@ -247,16 +259,9 @@ def match_lambda(
         target_region_accuracy: The validation region accuracy to reach, such as
             the one Defuse reached with its chosen lambda.
     """
-    lams = np.asarray(lams, dtype=np.float64)
-    accuracy = np.asarray(validation_accuracy, dtype=np.float64)
-    region_accuracy = np.asarray(validation_region_accuracy, dtype=np.float64)
-    if not (lams.ndim == 1 and lams.shape == accuracy.shape == region_accuracy.shape):
-        raise ValueError(
-            f"match_lambda needs three 1-D arrays of one length; got shapes "
-            f"{lams.shape}, {accuracy.shape} and {region_accuracy.shape}."
-        )
-    if lams.size == 0:
-        raise ValueError("match_lambda needs at least one candidate lambda.")
+    lams, accuracy, region_accuracy = _candidate_arrays(
+        "match_lambda", lams, validation_accuracy, validation_region_accuracy
+    )
     reaches = region_accuracy >= target_region_accuracy - 1e-9
     if reaches.any():
         best = accuracy[reaches].max()
