@@ -136,7 +136,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     ]
     chosen = sum(row.get("lam_chosen_on") == "validation" for row in rows)
     if chosen:
-        others = "" if chosen == len(rows) else " The other runs used config.correct.lam."
+        others = (
+            "" if chosen == len(rows) else " The other runs used config.correct.lam."
+        )
         lines[1:1] = [
             "",
             f"In {chosen} of {len(rows)} runs each method chose its lambda on the "
@@ -334,9 +336,7 @@ def save_selection_plot(path: str, rows: list[dict[str, Any]]) -> bool:
                 bottom.plot(lams, region, line, marker="o", color=color)
                 pick = lams.index(selection[method]["lam"])
                 for axis, values in ((top, drop), (bottom, region)):
-                    axis.plot(
-                        lams[pick], values[pick], "*", color=color, markersize=13
-                    )
+                    axis.plot(lams[pick], values[pick], "*", color=color, markersize=13)
                 matched = selection.get("baseline_matched")
                 if method == "baseline" and matched:
                     pick = lams.index(matched["lam"])

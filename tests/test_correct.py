@@ -172,7 +172,9 @@ def test_select_lambda_none_within_drop():
 
 def test_select_lambda_bad_inputs():
     with pytest.raises(ValueError, match="one length"):
-        correct.select_lambda([0.1, 0.2], [0.9], [0.5, 0.6], reference_accuracy=0.9, max_drop=0)
+        correct.select_lambda(
+            [0.1, 0.2], [0.9], [0.5, 0.6], reference_accuracy=0.9, max_drop=0
+        )
     with pytest.raises(ValueError, match="at least one"):
         correct.select_lambda([], [], [], reference_accuracy=0.9, max_drop=0)
 

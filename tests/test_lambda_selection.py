@@ -96,9 +96,7 @@ def test_final_params_are_the_chosen_candidates(selected_run):
         final_params = restore(final)
         for lam in GRID:
             candidate = restore("lambda_candidates", f"{name}_{lam:g}")
-            same = jax.tree.all(
-                jax.tree.map(np.array_equal, final_params, candidate)
-            )
+            same = jax.tree.all(jax.tree.map(np.array_equal, final_params, candidate))
             assert same == (lam == chosen), (name, lam, chosen)
 
 
@@ -126,9 +124,10 @@ def test_changing_the_drop_reuses_every_candidate(selected_run, tmp_path, caplog
         rows = again["correction"]["lambda_selection"][name]["candidates"]
         best = max(row["validation_region_accuracy"] for row in rows)
         chosen = again["correction"]["lambda_selection"][name]["lam"]
-        assert next(r for r in rows if r["lam"] == chosen)[
-            "validation_region_accuracy"
-        ] == best
+        assert (
+            next(r for r in rows if r["lam"] == chosen)["validation_region_accuracy"]
+            == best
+        )
     assert report["correction"]["before"] == again["correction"]["before"]
 
 

@@ -48,9 +48,7 @@ def test_table_mean_and_sample_std():
         in text
     )
     assert "| 40.0 ± 0.0 → 80.0 ± 14.1 |" in text
-    assert (
-        "| b | 1 | 90.0 | 100 | 0.250 | 5 (4) | 40.0 → 80.0 | 40.0 → 50.0 |" in text
-    )
+    assert "| b | 1 | 90.0 | 100 | 0.250 | 5 (4) | 40.0 → 80.0 | 40.0 → 50.0 |" in text
     # The lambdas each method used, over the seeds of a dataset.
     assert "| 0.05, 0.1 / 0.2, 0.5 |" in text
     assert "| 0.05 / 0.05 |" in text
@@ -86,7 +84,10 @@ def test_matched_baseline_table_and_claim():
     # The claim compares at an equal fix, and still states the other comparison.
     claim = table_lib.check_claim(rows)
     assert "the baseline's at Defuse's fix +1.5 points (holds" in claim
-    assert "at its own lambda (the same validation drop allowed): test accuracy -0.5" in claim
+    assert (
+        "at its own lambda (the same validation drop allowed): test accuracy -0.5"
+        in claim
+    )
     # Without matched figures the table has no second part.
     assert "at Defuse's fix" not in table_lib.markdown_table([_row("a", 0)])
 
@@ -206,7 +207,11 @@ def test_dataset_configs_validate(name, variant):
 def _selection(defuse_lam, baseline_lam):
     def candidates(accuracies):
         return [
-            {"lam": lam, "validation_accuracy": acc, "validation_region_accuracy": 0.5 + lam}
+            {
+                "lam": lam,
+                "validation_accuracy": acc,
+                "validation_region_accuracy": 0.5 + lam,
+            }
             for lam, acc in zip((0.05, 0.2), accuracies, strict=True)
         ]
 
