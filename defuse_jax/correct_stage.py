@@ -1,9 +1,9 @@
 """The correction stage: fine-tune with Defuse and the baseline, choose lambda, score.
 
 `correct` fine-tunes the audited classifier with Defuse's region samples and with the
-finetune-on-flips baseline, chooses each method's lambda on the validation split when
-`correct.lam_grid` is set (and the baseline's lambda at Defuse's fix), and scores every
-classifier on the test set and on held-out samples of the corrected regions.
+finetune-on-flips baseline. When `correct.lam_grid` is set, it chooses each method's
+lambda on the validation split, and the baseline's lambda at Defuse's fix. It scores
+every classifier on the test set and on held-out samples of the corrected regions.
 """
 
 from __future__ import annotations
