@@ -243,7 +243,7 @@ def match_lambda(
     *,
     target_region_accuracy: float,
 ) -> int:
-    """Index of the cheapest lambda that fixes as much as a target, on validation.
+    """Return the index of the cheapest lambda that reaches a target fix on validation.
 
     This gives a second method the lambda at which it fixes the regions as well as
     the first one does, so that the two can be compared on what the fix costs. Among

@@ -304,7 +304,7 @@ def _select_lambdas(
         "before": before,
     }
     chosen: dict[str, tuple[int, Any]] = {}
-    candidates: dict[str, tuple[list[dict[str, float]], list[Any]]] = {}
+    candidate_params: dict[str, list[Any]] = {}
     for name, fine_tune in fine_tunes.items():
         rows, all_params = [], []
         for lam in grid:
@@ -354,10 +354,10 @@ def _select_lambdas(
             "candidates": rows,
         }
         chosen[name] = (index, all_params[index])
-        candidates[name] = (rows, all_params)
-    # The baseline again, at the lambda where it fixes as much as Defuse does on
-    # validation: the two can then be compared on what the fix costs.
-    rows, all_params = candidates["baseline"]
+        candidate_params[name] = all_params
+    # Score the baseline again at the lambda where it fixes as much as Defuse does on
+    # validation, so that the two methods compare on what an equal fix costs.
+    rows = selection["baseline"]["candidates"]
     target = selection["defuse"]["candidates"][chosen["defuse"][0]][
         "validation_region_accuracy"
     ]
@@ -373,7 +373,7 @@ def _select_lambdas(
         "%.4f: chose lambda %g (%s).",
         target,
         grid[index],
-        "it reaches it" if reaches else "no lambda of the grid reaches it; the closest",
+        "it reaches it" if reaches else "none reaches it, so the closest one",
     )
     selection["baseline_matched"] = {
         "lam": grid[index],
@@ -385,5 +385,5 @@ def _select_lambdas(
             "if none does, the one with the highest validation region accuracy."
         ),
     }
-    chosen["baseline_matched"] = (index, all_params[index])
+    chosen["baseline_matched"] = (index, candidate_params["baseline"][index])
     return selection, chosen

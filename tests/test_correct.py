@@ -179,14 +179,14 @@ def test_select_lambda_bad_inputs():
         correct.select_lambda([], [], [], reference_accuracy=0.9, max_drop=0)
 
 
-def test_match_lambda_cheapest_that_reaches_the_target():
+def test_match_lambda_cheapest_reaching_target():
     index = correct.match_lambda(
         [0.05, 0.1, 0.2, 0.5],
         [0.960, 0.950, 0.955, 0.940],
         [0.60, 0.85, 0.90, 0.95],
         target_region_accuracy=0.85,
     )
-    # 0.1, 0.2 and 0.5 reach 0.85; 0.2 keeps the most validation accuracy.
+    # 0.1, 0.2 and 0.5 reach 0.85, and 0.2 keeps the most validation accuracy.
     assert index == 2
 
 
@@ -204,7 +204,7 @@ def test_match_lambda_closest_when_none_reaches():
         [0.50, 0.62, 0.61],
         target_region_accuracy=0.9,
     )
-    # Nothing reaches 0.9; 0.2 comes closest, though 0.05 keeps more accuracy.
+    # Nothing reaches 0.9, so 0.2 comes closest, though 0.05 keeps more accuracy.
     assert index == 1
 
 
